@@ -1,0 +1,16 @@
+//! Wire model shared by the proxy and the control plane: the compiled proxy
+//! config (`ProxyConfig`) and the discovery stream (`MeshDiscovery`).
+//!
+//! Generated from `proto/` at build time; see `build.rs`.
+
+#![allow(clippy::all, missing_docs)]
+
+/// `trellis.v1`: config and discovery messages, client and server.
+pub mod v1 {
+    tonic::include_proto!("trellis.v1");
+}
+
+pub use v1::*;
+
+/// Well-known protobuf types used by the messages (`Duration`).
+pub use prost_types;

@@ -1,0 +1,123 @@
+//! The services and instances `compile` routes to: from ServiceEntries
+//! outside Kubernetes, from Services and EndpointSlices inside it.
+
+use std::collections::BTreeMap;
+
+use crate::host::qualify;
+use crate::load::RuleSet;
+use crate::types::Resolution;
+
+/// Known services by fully qualified host name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Endpoints {
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A service: its ports and where its instances run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Service {
+    /// Fully qualified name.
+    pub host: String,
+    /// Other names that address this service exactly.
+    pub aliases: Vec<String>,
+    pub ports: Vec<ServicePortSpec>,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServicePortSpec {
+    pub name: String,
+    pub number: u32,
+    /// Upper-case protocol name: HTTP, HTTP2, GRPC, TCP, ...
+    pub protocol: String,
+    pub target_port: Option<u32>,
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Instance {
+    /// IP address or DNS name.
+    pub address: String,
+    /// Port name -> port number on this instance.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+}
+
+impl Service {
+    /// A service known only by name (no ports, no instances).
+    pub fn named(host: &str) -> Self {
+        Self {
+            host: host.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Instance {
+    /// The instance's port for a service port: its named port, else the
+    /// service's target port, else the service port itself.
+    pub fn port_for(&self, port: &ServicePortSpec) -> Option<u32> {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .or(Some(port.number))
+    }
+}
+
+impl Endpoints {
+    /// Services and instances declared by the ServiceEntries of `rules`.
+    pub fn from_service_entries(rules: &RuleSet) -> Self {
+        let mut services = BTreeMap::new();
+        for se in &rules.service_entries {
+            let ports: Vec<ServicePortSpec> = se
+                .spec
+                .ports
+                .iter()
+                .map(|p| ServicePortSpec {
+                    name: p.name.clone(),
+                    number: p.number,
+                    protocol: p.protocol.as_deref().unwrap_or("HTTP").to_ascii_uppercase(),
+                    target_port: p.target_port,
+                })
+                .collect();
+            for host in &se.spec.hosts {
+                let fqdn = qualify(host, se.namespace());
+                let mut instances: Vec<Instance> = se
+                    .spec
+                    .endpoints
+                    .iter()
+                    .map(|e| Instance {
+                        address: e.address.clone(),
+                        ports: e.ports.clone(),
+                        labels: e.labels.clone(),
+                        weight: e.weight.unwrap_or(1),
+                    })
+                    .collect();
+                let dns = matches!(
+                    se.spec.resolution,
+                    Some(Resolution::DNS | Resolution::DNS_ROUND_ROBIN)
+                );
+                if instances.is_empty() && dns {
+                    // DNS resolution without endpoints: the host itself.
+                    instances.push(Instance {
+                        address: host.clone(),
+                        weight: 1,
+                        ..Instance::default()
+                    });
+                }
+                services.insert(
+                    fqdn.clone(),
+                    Service {
+                        host: fqdn,
+                        aliases: Vec::new(),
+                        ports: ports.clone(),
+                        instances,
+                    },
+                );
+            }
+        }
+        Self { services }
+    }
+}

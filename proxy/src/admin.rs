@@ -1,0 +1,127 @@
+//! Admin endpoint (default 127.0.0.1:15000): `/live`, `/ready`, `/metrics`,
+//! `/config_dump`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::body::{self, ProxyBody};
+use crate::discovery::{ConfigStore, RouteTable};
+use crate::metrics::Metrics;
+
+/// State the admin endpoint reports on.
+#[derive(Debug)]
+pub struct Admin {
+    pub store: Arc<ConfigStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    pub fn service(
+        self: Arc<Self>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            async move { Ok::<_, Infallible>(this.handle(&req)) }
+        })
+    }
+
+    fn handle<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+            "/ready" if self.store.is_ready() => {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            }
+            "/ready" => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no config yet\n".into(),
+            ),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            "/config_dump" => {
+                let dump = config_dump(&self.store.load());
+                let text = serde_json::to_string_pretty(&dump).unwrap_or_default();
+                reply(StatusCode::OK, "application/json", text)
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// The config in use as JSON: version, source, hosts with routes, endpoints.
+pub fn config_dump(table: &RouteTable) -> serde_json::Value {
+    let hosts: Vec<_> = table
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let routes: Vec<_> = vh
+                .routes
+                .iter()
+                .map(|r| {
+                    json!({
+                        "name": r.name,
+                        "destinations": r.destinations.iter().map(|d| json!({
+                            "cluster": d.cluster.name,
+                            "weight": d.weight,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({ "name": vh.name, "domains": vh.domains, "routes": routes })
+        })
+        .collect();
+    let clusters: Vec<_> = table
+        .clusters
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "service": c.service,
+                "subset": c.subset,
+                "protocol": c.protocol.as_str_name(),
+                "endpoints": c.endpoints.iter().map(|e| json!({
+                    "address": e.authority.as_str(),
+                    "labels": e.labels,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": table.version,
+        "source": table.source,
+        "hosts": hosts,
+        "clusters": clusters,
+    })
+}

@@ -1,0 +1,112 @@
+//! Wires the subsystems together: `App::build(config)` binds the listeners,
+//! `App::spawn()` starts them, `Running::shutdown()` drains and stops them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::Admin;
+use crate::config::{Config, DiscoveryConfig};
+use crate::discovery::static_file::StaticFile;
+use crate::discovery::ConfigStore;
+use crate::metrics::Metrics;
+use crate::outbound::endpoint::Forward;
+use crate::outbound::Outbound;
+use crate::transport::client::Clients;
+use crate::transport::listen::serve;
+
+/// A proxy with its listeners bound, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    outbound: TcpListener,
+    admin: TcpListener,
+}
+
+/// A serving proxy.
+#[derive(Debug)]
+pub struct Running {
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl App {
+    /// Binds the listeners (so a bad address fails before anything starts).
+    pub async fn build(config: Config) -> std::io::Result<Self> {
+        let outbound = bind(config.outbound.addr, "outbound").await?;
+        let admin = bind(config.admin.addr, "admin").await?;
+        Ok(Self {
+            config,
+            outbound,
+            admin,
+        })
+    }
+
+    /// Starts the listeners and the config source.
+    pub fn spawn(self) -> std::io::Result<Running> {
+        let outbound_addr = self.outbound.local_addr()?;
+        let admin_addr = self.admin.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        let store = Arc::new(ConfigStore::new());
+        let metrics = Arc::new(Metrics::new());
+        let mut tasks = JoinSet::new();
+
+        match &self.config.discovery {
+            DiscoveryConfig::Static { path, interval } => {
+                let source = StaticFile::new(
+                    path.clone(),
+                    *interval,
+                    store.clone(),
+                    metrics.clone(),
+                    self.config.node.clone(),
+                );
+                tasks.spawn(source.run(rx.clone()));
+            }
+        }
+
+        let forward = Forward::new(Clients::new(self.config.outbound.connect_timeout));
+        let outbound = Arc::new(Outbound::new(
+            store.clone(),
+            forward,
+            metrics.clone(),
+            self.config.node.clone(),
+        ));
+        let drain = self.config.drain_timeout;
+        tasks.spawn(serve(
+            "outbound",
+            self.outbound,
+            outbound.service(),
+            rx.clone(),
+            drain,
+        ));
+        let admin = Arc::new(Admin { store, metrics });
+        tasks.spawn(serve("admin", self.admin, admin.service(), rx, drain));
+        tracing::info!(%outbound_addr, %admin_addr, node = %self.config.node.id, "proxy started");
+        Ok(Running {
+            outbound_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the drain
+    /// timeout), and waits for every task.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({name}): {e}"))
+    })
+}

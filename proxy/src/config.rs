@@ -1,0 +1,185 @@
+//! Command-line flags and environment -> typed, validated configuration,
+//! one struct per subsystem. All parsing lives here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `trellis-proxy` flags (each also read from a `TRELLIS_*` variable).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
+pub struct Args {
+    /// Static mode: rules and ServiceEntry endpoints from this YAML file, watched for changes.
+    #[arg(long, env = "TRELLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the outbound listener accepts the application's requests.
+    #[arg(long, env = "TRELLIS_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+    /// Admin endpoint: /live /ready /metrics /config_dump.
+    #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Identity of this sidecar.
+    #[arg(long, env = "TRELLIS_NODE_ID")]
+    pub node_id: Option<String>,
+    #[arg(long, env = "TRELLIS_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The workload this sidecar serves (the `source_workload` metric label).
+    #[arg(long, env = "TRELLIS_SERVICE", default_value = "unknown")]
+    pub service: String,
+    /// Labels of this workload, `k=v,k2=v2` (matched by `sourceLabels`).
+    #[arg(long, env = "TRELLIS_LABELS", default_value = "")]
+    pub labels: String,
+    /// How often the static config file is checked for changes.
+    #[arg(long, env = "TRELLIS_WATCH_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    pub watch_interval: Duration,
+    /// Upper bound on connecting to an endpoint.
+    #[arg(long, env = "TRELLIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    trellis_crds::duration::parse_duration(s)
+}
+
+/// Why the flags do not make a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--config FILE is required (static mode); connected mode comes with the control plane"
+    )]
+    NoSource,
+    #[error("--labels: {0:?} is not k=v")]
+    BadLabel(String),
+}
+
+/// The whole proxy configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub outbound: OutboundConfig,
+    pub admin: AdminConfig,
+    pub discovery: DiscoveryConfig,
+    /// Time allowed for in-flight requests after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+/// Who this sidecar is.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Unique id (defaults to `<service>.<namespace>`).
+    pub id: String,
+    pub namespace: String,
+    /// Name of the workload; `source_workload` in metrics.
+    pub service: String,
+    /// Labels of the workload, for `sourceLabels` matches.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The outbound listener and its connections to endpoints.
+#[derive(Clone, Debug)]
+pub struct OutboundConfig {
+    pub addr: SocketAddr,
+    /// Upper bound on establishing a TCP connection to an endpoint.
+    pub connect_timeout: Duration,
+}
+
+/// The admin listener.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+}
+
+/// Where configuration comes from.
+#[derive(Clone, Debug)]
+pub enum DiscoveryConfig {
+    /// A YAML file of rules and ServiceEntries, polled every `interval`.
+    Static { path: PathBuf, interval: Duration },
+}
+
+impl Config {
+    /// Builds the configuration from parsed flags.
+    pub fn build(args: Args) -> Result<Self, ConfigError> {
+        let path = args.config.ok_or(ConfigError::NoSource)?;
+        let labels = parse_labels(&args.labels)?;
+        Ok(Self {
+            node: NodeConfig {
+                id: args
+                    .node_id
+                    .unwrap_or_else(|| format!("{}.{}", args.service, args.namespace)),
+                namespace: args.namespace,
+                service: args.service,
+                labels,
+            },
+            outbound: OutboundConfig {
+                addr: args.outbound_addr,
+                connect_timeout: args.connect_timeout,
+            },
+            admin: AdminConfig {
+                addr: args.admin_addr,
+            },
+            discovery: DiscoveryConfig::Static {
+                path,
+                interval: args.watch_interval,
+            },
+            drain_timeout: args.drain_timeout,
+        })
+    }
+}
+
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(ConfigError::BadLabel(kv.to_string())),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["trellis-proxy"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    #[test]
+    fn static_mode_defaults() {
+        let c = Config::build(args(&[
+            "--config",
+            "r.yaml",
+            "--labels",
+            "app=web, version=v1",
+        ]))
+        .expect("valid");
+        assert_eq!(c.outbound.addr.port(), 15001);
+        assert_eq!(c.admin.addr.port(), 15000);
+        assert_eq!(c.node.labels.get("version").map(String::as_str), Some("v1"));
+        assert_eq!(c.node.id, "unknown.default");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(
+            Config::build(args(&[])),
+            Err(ConfigError::NoSource)
+        ));
+        assert!(matches!(
+            Config::build(args(&["--config", "r", "--labels", "novalue"])),
+            Err(ConfigError::BadLabel(_))
+        ));
+        assert!(Args::try_parse_from(["p", "--connect-timeout", "3"]).is_err());
+    }
+}

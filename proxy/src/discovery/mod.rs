@@ -1,0 +1,55 @@
+//! Where the proxy's configuration comes from and where it is kept: the
+//! [`ConfigStore`] holds the current [`RouteTable`], swapped atomically on
+//! every accepted config; sources (today the static file) feed it.
+
+pub mod matcher;
+pub mod model;
+pub mod static_file;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use model::{Cluster, Endpoint, ModelError, Route, RouteTable, VirtualHost};
+
+/// The configuration in use. Readers take a snapshot per request; a new
+/// config replaces it atomically, so in-flight requests finish on the one
+/// they started with.
+#[derive(Debug)]
+pub struct ConfigStore {
+    table: ArcSwap<RouteTable>,
+    ready: AtomicBool,
+}
+
+impl ConfigStore {
+    /// An empty store: no routes, not ready.
+    pub fn new() -> Self {
+        Self {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The current table.
+    pub fn load(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Puts `table` in service and marks the proxy ready.
+    pub fn store(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// True once a config has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}

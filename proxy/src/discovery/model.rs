@@ -1,0 +1,315 @@
+//! The compiled configuration the proxy runs on: `api::ProxyConfig` turned
+//! into lookup tables with compiled matchers and shared cluster state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_api as api;
+
+use super::matcher::{CompiledMatch, MatchError, RequestView};
+use crate::config::NodeConfig;
+
+/// Why a config cannot be run (the reasons of a NACK).
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("route {route}: {source}")]
+    Match { route: String, source: MatchError },
+    #[error("route {route}: unknown cluster {cluster:?}")]
+    UnknownCluster { route: String, cluster: String },
+    #[error("cluster {cluster}: endpoint {address}:{port} is not a valid authority")]
+    BadEndpoint {
+        cluster: String,
+        address: String,
+        port: u32,
+    },
+}
+
+/// All virtual hosts by every name a client may use, and the clusters.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub version: u64,
+    pub source: String,
+    hosts: HashMap<String, Arc<VirtualHost>>,
+    /// Distinct hosts in config order (for /config_dump).
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Every name this host answers to.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    matches: Vec<CompiledMatch>,
+    pub destinations: Vec<WeightedCluster>,
+    total_weight: u32,
+    pub timeout: Option<Duration>,
+    pub redirect: Option<api::Redirect>,
+    pub rewrite: Option<api::Rewrite>,
+    pub request_headers: Option<api::HeaderOperations>,
+    pub response_headers: Option<api::HeaderOperations>,
+}
+
+#[derive(Debug)]
+pub struct WeightedCluster {
+    pub cluster: Arc<Cluster>,
+    pub weight: u32,
+    pub request_headers: Option<api::HeaderOperations>,
+    pub response_headers: Option<api::HeaderOperations>,
+}
+
+/// A (service, subset) and its endpoints.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub service: String,
+    pub subset: String,
+    pub protocol: api::Protocol,
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `address:port`, the URI authority used to reach it.
+    pub authority: http::uri::Authority,
+    pub labels: HashMap<String, String>,
+}
+
+impl Cluster {
+    /// The next endpoint, round robin; `None` when there are none.
+    pub fn next_endpoint(&self) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i)
+    }
+}
+
+impl Route {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// The path after `rewrite.uri`: the matched prefix is replaced, or the
+    /// whole path when no prefix match applies. `None` without a rewrite.
+    pub fn rewrite_path(&self, path: &str) -> Option<String> {
+        let to = self
+            .rewrite
+            .as_ref()
+            .map(|r| r.uri.as_str())
+            .filter(|u| !u.is_empty())?;
+        let prefix = self
+            .matches
+            .iter()
+            .filter_map(CompiledMatch::uri_prefix)
+            .find(|p| path.starts_with(p));
+        Some(match prefix {
+            Some(p) => format!("{to}{}", &path[p.len()..]),
+            None => to.to_string(),
+        })
+    }
+
+    /// A destination by weight; `None` when the route has none.
+    pub fn pick(&self) -> Option<&WeightedCluster> {
+        if self.total_weight == 0 {
+            return self.destinations.first();
+        }
+        let mut roll = fastrand::u32(0..self.total_weight);
+        for d in &self.destinations {
+            if roll < d.weight {
+                return Some(d);
+            }
+            roll -= d.weight;
+        }
+        self.destinations.last()
+    }
+}
+
+impl RouteTable {
+    /// Compiles a pushed or loaded config for the sidecar `node`.
+    pub fn build(config: &api::ProxyConfig, node: &NodeConfig) -> Result<Self, Vec<ModelError>> {
+        let mut errors = Vec::new();
+        let clusters: HashMap<&str, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .filter_map(|c| match cluster(c) {
+                Ok(built) => Some((c.name.as_str(), Arc::new(built))),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            })
+            .collect();
+        let mut virtual_hosts = Vec::new();
+        for vh in &config.hosts {
+            let mut routes = Vec::new();
+            for r in &vh.routes {
+                match route(r, &clusters, node) {
+                    Ok(route) => routes.push(route),
+                    Err(e) => errors.push(e),
+                }
+            }
+            virtual_hosts.push(Arc::new(VirtualHost {
+                name: vh.name.clone(),
+                domains: domains(vh),
+                routes,
+            }));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut hosts = HashMap::new();
+        // Exact names first; then short names, the sidecar's own namespace winning.
+        for vh in &virtual_hosts {
+            for d in &vh.domains {
+                hosts.insert(d.clone(), vh.clone());
+            }
+        }
+        for own in [false, true] {
+            for (vh, src) in virtual_hosts.iter().zip(&config.hosts) {
+                if (src.namespace == node.namespace) != own || src.namespace.is_empty() {
+                    continue;
+                }
+                if let Some(short) = vh.name.split('.').next() {
+                    hosts.insert(short.to_string(), vh.clone());
+                }
+            }
+        }
+        let mut clusters: Vec<Arc<Cluster>> = clusters.into_values().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self {
+            version: config.version,
+            source: config.source.clone(),
+            hosts,
+            virtual_hosts,
+            clusters,
+        })
+    }
+
+    /// The host a request names (`Host` or `:authority`, port ignored).
+    pub fn host(&self, authority: &str) -> Option<&Arc<VirtualHost>> {
+        let name = strip_port(authority).trim_end_matches('.');
+        let found = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(&name.to_ascii_lowercase())
+        } else {
+            self.hosts.get(name)
+        };
+        found.or_else(|| {
+            // `*.example.com` rules
+            let (_, parent) = name.split_once('.')?;
+            self.hosts
+                .get(&format!("*.{}", parent.to_ascii_lowercase()))
+        })
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split(']').next().map_or(authority, |h| &h[1..]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// Names of a host other than short names: the FQDN, its aliases and, for
+/// `svc.ns.svc.cluster.local`, `svc.ns` and `svc.ns.svc`.
+fn domains(vh: &api::VirtualHost) -> Vec<String> {
+    let mut names = vec![vh.name.clone()];
+    names.extend(vh.aliases.iter().cloned());
+    if let Some((service, namespace)) = trellis_crds::host::split_cluster_local(&vh.name) {
+        names.push(format!("{service}.{namespace}"));
+        names.push(format!("{service}.{namespace}.svc"));
+    }
+    names
+}
+
+fn cluster(c: &api::Cluster) -> Result<Cluster, ModelError> {
+    let endpoints = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let text = if e.address.contains(':') {
+                format!("[{}]:{}", e.address, e.port)
+            } else {
+                format!("{}:{}", e.address, e.port)
+            };
+            let authority = text.parse().map_err(|_| ModelError::BadEndpoint {
+                cluster: c.name.clone(),
+                address: e.address.clone(),
+                port: e.port,
+            })?;
+            Ok(Endpoint {
+                authority,
+                labels: e.labels.clone(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Cluster {
+        name: c.name.clone(),
+        service: c.service.clone(),
+        subset: c.subset.clone(),
+        protocol: c.protocol(),
+        endpoints,
+        next: AtomicUsize::new(fastrand::usize(..)),
+    })
+}
+
+fn route(
+    r: &api::Route,
+    clusters: &HashMap<&str, Arc<Cluster>>,
+    node: &NodeConfig,
+) -> Result<Route, ModelError> {
+    let matches = r
+        .matches
+        .iter()
+        .map(|m| CompiledMatch::new(m, node))
+        .collect::<Result<_, _>>()
+        .map_err(|source| ModelError::Match {
+            route: r.name.clone(),
+            source,
+        })?;
+    let destinations: Vec<WeightedCluster> = r
+        .destinations
+        .iter()
+        .map(|d| {
+            let cluster = clusters.get(d.cluster.as_str()).cloned().ok_or_else(|| {
+                ModelError::UnknownCluster {
+                    route: r.name.clone(),
+                    cluster: d.cluster.clone(),
+                }
+            })?;
+            Ok(WeightedCluster {
+                cluster,
+                weight: d.weight,
+                request_headers: d.request_headers.clone(),
+                response_headers: d.response_headers.clone(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Route {
+        name: r.name.clone(),
+        total_weight: destinations.iter().map(|d| d.weight).sum(),
+        matches,
+        destinations,
+        timeout: r.timeout.as_ref().and_then(|d| Duration::try_from(*d).ok()),
+        redirect: r.redirect.clone(),
+        rewrite: r.rewrite.clone(),
+        request_headers: r.request_headers.clone(),
+        response_headers: r.response_headers.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

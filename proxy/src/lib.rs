@@ -1,0 +1,22 @@
+//! The Trellis sidecar proxy.
+//!
+//! Request path (outbound HTTP): `outbound::server` accepts and detects
+//! HTTP/1 or HTTP/2 -> `outbound::logical` finds the virtual host and route in
+//! the current `discovery::RouteTable` and picks a weighted destination ->
+//! `outbound::endpoint` picks an endpoint and forwards over a pooled
+//! connection from `transport::client`. Local failures become 4xx/5xx replies
+//! with `x-trellis-reason` (`outbound::local_reply`).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod discovery;
+pub mod metrics;
+pub mod outbound;
+pub mod transport;
+
+pub use app::App;
+pub use config::Config;

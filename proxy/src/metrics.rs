@@ -1,0 +1,114 @@
+//! Prometheus metric families of the proxy (prometheus-client), served on
+//! the admin port at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `trellis_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    pub source_workload: String,
+    pub destination_service: String,
+    pub destination_subset: String,
+    pub route: String,
+    pub response_code: u16,
+    pub reason: &'static str,
+}
+
+/// Labels of `trellis_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: &'static str,
+    pub source_workload: String,
+    pub destination_service: String,
+    pub destination_subset: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_version: Gauge,
+    registry: Registry,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trellis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_version = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests handled by the proxy",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to response headers",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration loads by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Version of the configuration in use",
+            config_version.clone(),
+        );
+        Self {
+            requests,
+            request_duration,
+            config_reloads,
+            config_version,
+            registry,
+        }
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

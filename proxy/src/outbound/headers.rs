@@ -1,0 +1,89 @@
+//! Header handling on the way through: hop-by-hop headers are not
+//! forwarded, and routes' set/add/remove operations are applied.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use trellis_api::HeaderOperations;
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Applies `ops` (remove, then set, then add), skipping invalid names/values.
+pub fn apply(headers: &mut HeaderMap, ops: Option<&HeaderOperations>) {
+    let Some(ops) = ops else { return };
+    for name in &ops.remove {
+        headers.remove(name.as_str());
+    }
+    let parse = |k: &str, v: &str| {
+        Some((
+            HeaderName::from_bytes(k.as_bytes()).ok()?,
+            HeaderValue::from_str(v).ok()?,
+        ))
+    };
+    for (k, v) in &ops.set {
+        if let Some((k, v)) = parse(k, v) {
+            headers.insert(k, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let Some((k, v)) = parse(k, v) {
+            headers.append(k, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn set_add_remove() {
+        let mut h = HeaderMap::new();
+        h.insert("a", HeaderValue::from_static("1"));
+        h.insert("b", HeaderValue::from_static("1"));
+        let ops = HeaderOperations {
+            set: [("a".to_string(), "2".to_string())].into_iter().collect(),
+            add: [("c".to_string(), "3".to_string())].into_iter().collect(),
+            remove: vec!["b".into()],
+        };
+        apply(&mut h, Some(&ops));
+        assert_eq!(h.get("a").map(|v| v.as_bytes()), Some(&b"2"[..]));
+        assert!(!h.contains_key("b"));
+        assert_eq!(h.get("c").map(|v| v.as_bytes()), Some(&b"3"[..]));
+    }
+}

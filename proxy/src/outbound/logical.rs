@@ -1,0 +1,208 @@
+//! Routes a request: the virtual host its authority names, the first route
+//! whose match holds, then a destination by weight. Records the outcome.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::endpoint::Forward;
+use super::local_reply::Reason;
+use crate::body::{self, ProxyBody};
+use crate::config::NodeConfig;
+use crate::discovery::matcher::RequestView;
+use crate::discovery::model::{Route, WeightedCluster};
+use crate::discovery::{ConfigStore, RouteTable};
+use crate::metrics::{DurationLabels, Metrics, RequestLabels};
+
+/// The outbound request handler.
+#[derive(Debug)]
+pub struct Outbound {
+    store: Arc<ConfigStore>,
+    forward: Forward,
+    metrics: Arc<Metrics>,
+    node: NodeConfig,
+}
+
+/// What a request was routed to, for metrics.
+struct Target<'a> {
+    /// The virtual host's name (the destination service of a redirect).
+    host: &'a str,
+    route: &'a Route,
+    destination: Option<&'a WeightedCluster>,
+}
+
+impl Outbound {
+    pub fn new(
+        store: Arc<ConfigStore>,
+        forward: Forward,
+        metrics: Arc<Metrics>,
+        node: NodeConfig,
+    ) -> Self {
+        Self {
+            store,
+            forward,
+            metrics,
+            node,
+        }
+    }
+
+    /// A hyper service over this handler.
+    pub fn service(
+        self: Arc<Self>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            async move { Ok::<_, Infallible>(this.handle(req).await) }
+        })
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let table = self.store.load();
+        let (resp, target, reason) = match self.route(&table, req).await {
+            Ok((resp, target)) => (resp, Some(target), ""),
+            Err((reason, target)) => (reason.response(), target, reason.as_str()),
+        };
+        self.record(target.as_ref(), resp.status(), reason, start);
+        resp
+    }
+
+    async fn route<'t>(
+        &self,
+        table: &'t RouteTable,
+        req: Request<Incoming>,
+    ) -> Result<(Response<ProxyBody>, Target<'t>), (Reason, Option<Target<'t>>)> {
+        let authority = request_authority(&req).ok_or((Reason::BadRequest, None))?;
+        let vh = table.host(&authority).ok_or((Reason::NoRoute, None))?;
+        let view = RequestView {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            authority: &authority,
+            port: port_of(&authority),
+            headers: req.headers(),
+        };
+        let route = vh
+            .routes
+            .iter()
+            .find(|r| r.matches(&view))
+            .ok_or((Reason::NoRoute, None))?;
+        let host = vh.name.as_str();
+        if let Some(redirect) = &route.redirect {
+            let resp = redirect_response(redirect, &authority, req.uri());
+            return Ok((
+                resp,
+                Target {
+                    host,
+                    route,
+                    destination: None,
+                },
+            ));
+        }
+        let destination = route.pick().ok_or((Reason::NoHealthyUpstream, None))?;
+        let target = Target {
+            host,
+            route,
+            destination: Some(destination),
+        };
+        match self.forward.send(req, &authority, route, destination).await {
+            Ok(resp) => Ok((resp, target)),
+            Err(reason) => Err((reason, Some(target))),
+        }
+    }
+
+    fn record(
+        &self,
+        target: Option<&Target<'_>>,
+        status: StatusCode,
+        reason: &'static str,
+        start: Instant,
+    ) {
+        let (service, subset, route) = match target {
+            Some(t) => match t.destination {
+                Some(d) => (
+                    d.cluster.service.as_str(),
+                    d.cluster.subset.as_str(),
+                    t.route.name.as_str(),
+                ),
+                None => (t.host, "", t.route.name.as_str()),
+            },
+            None => ("unknown", "", ""),
+        };
+        let labels = DurationLabels {
+            direction: "outbound",
+            source_workload: self.node.service.clone(),
+            destination_service: service.to_string(),
+            destination_subset: subset.to_string(),
+            route: route.to_string(),
+        };
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64());
+        let labels = RequestLabels {
+            direction: labels.direction,
+            source_workload: labels.source_workload,
+            destination_service: labels.destination_service,
+            destination_subset: labels.destination_subset,
+            route: labels.route,
+            response_code: status.as_u16(),
+            reason,
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+    }
+}
+
+/// `:authority`, the authority of an absolute URI, or the `Host` header.
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+fn port_of(authority: &str) -> u16 {
+    authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(80)
+}
+
+fn redirect_response(
+    r: &trellis_api::Redirect,
+    authority: &str,
+    uri: &http::Uri,
+) -> Response<ProxyBody> {
+    let host = if r.authority.is_empty() {
+        authority
+    } else {
+        &r.authority
+    };
+    let path = if r.uri.is_empty() {
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    } else {
+        &r.uri
+    };
+    let mut resp = Response::new(body::full(""));
+    *resp.status_mut() = StatusCode::from_u16(u16::try_from(r.redirect_code).unwrap_or(301))
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(location) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+        resp.headers_mut().insert(http::header::LOCATION, location);
+    }
+    resp
+}

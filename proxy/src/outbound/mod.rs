@@ -1,0 +1,10 @@
+//! The outbound side: requests from the local application to services of
+//! the mesh. `logical` routes, `endpoint` forwards, `local_reply` answers
+//! what the proxy itself fails.
+
+pub mod endpoint;
+pub mod headers;
+pub mod local_reply;
+pub mod logical;
+
+pub use logical::Outbound;
