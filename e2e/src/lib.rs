@@ -1,1 +1,7 @@
-//! placeholder
+//! End-to-end support: the `trellis-echo` test backend, a harness that runs
+//! real Trellis processes on free loopback ports, and HTTP client helpers.
+
+pub mod client;
+pub mod echo;
+pub mod harness;
+pub mod payload;

@@ -1,0 +1,274 @@
+//! Runs real Trellis processes on free loopback ports: `Echo` backends and
+//! `Proxy` sidecars, each killed (and its temp dir removed) on drop.
+//! Logs go to a file in the temp dir and are printed when a test panics.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A port on 127.0.0.1 free at the time of the call.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out an ephemeral port")
+}
+
+/// `127.0.0.1:<free port>`.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Path of a workspace binary, built first if this test run did not build it.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test>  ->  target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary lives in target/<profile>/deps")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        let built = BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = dir.ends_with("release");
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--bins", "-p", "trellis-proxy", "-p", "trellis-control-plane", "-p", "trellis-e2e"]);
+            if release {
+                cmd.arg("--release");
+            }
+            match cmd.status() {
+                Ok(s) if s.success() => Ok(()),
+                other => Err(format!("cargo build --bins failed: {other:?}")),
+            }
+        });
+        if let Err(e) = built {
+            bail!("{name} is not built and building it failed: {e}");
+        }
+    }
+    Ok(path)
+}
+
+/// A scratch directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Result<Self> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "trellis-e2e-{}-{label}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process, killed on drop; its log is printed if the test fails.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .env("TRELLIS_LOG", std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited with {status}:\n{}", self.name, self.log_text());
+        }
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    wait_until(timeout, || TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok())
+}
+
+/// A `trellis-echo` backend.
+#[derive(Debug)]
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub process: Process,
+    _dir: TempDir,
+}
+
+impl Echo {
+    pub fn start(name: &str, version: &str) -> Result<Self> {
+        let dir = TempDir::new("echo")?;
+        let addr = free_addr();
+        let args = [
+            "--listen".to_string(),
+            addr.to_string(),
+            "--name".into(),
+            name.into(),
+            "--version".into(),
+            version.into(),
+        ];
+        let mut process = Process::spawn(&format!("echo {name}"), &bin("trellis-echo")?, &args, dir.path().join("log"))?;
+        if !wait_for_port(addr, Duration::from_secs(10)) {
+            process.check_running()?;
+            bail!("echo {name} did not listen on {addr}");
+        }
+        Ok(Self {
+            addr,
+            process,
+            _dir: dir,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+/// A `trellis-proxy` in static mode, its config file in a temp dir.
+#[derive(Debug)]
+pub struct Proxy {
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub process: Process,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts a proxy serving `rules` and waits until it is ready.
+    pub fn start(rules: &str) -> Result<Self> {
+        Self::start_with(rules, &[])
+    }
+
+    pub fn start_with(rules: &str, extra: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("proxy")?;
+        let config = dir.path().join("rules.yaml");
+        std::fs::write(&config, rules)?;
+        let (outbound, admin) = (free_addr(), free_addr());
+        let mut args = vec![
+            "--config".to_string(),
+            config.display().to_string(),
+            "--outbound-addr".into(),
+            outbound.to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut process = Process::spawn("trellis-proxy", &bin("trellis-proxy")?, &args, dir.path().join("log"))?;
+        let ready = wait_until(Duration::from_secs(15), || {
+            crate::client::blocking_get(admin, "/ready").is_ok_and(|(status, _)| status == 200)
+        });
+        if !ready {
+            process.check_running()?;
+            bail!("proxy not ready within 15 s:\n{}", process.log_text());
+        }
+        Ok(Self {
+            outbound,
+            admin,
+            config,
+            process,
+            _dir: dir,
+        })
+    }
+
+    /// Replaces the config file atomically (write + rename), as editors and
+    /// Kubernetes ConfigMap updates do.
+    pub fn write_config(&self, rules: &str) -> Result<()> {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, rules)?;
+        std::fs::rename(&tmp, &self.config)?;
+        Ok(())
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let (_, body) = crate::client::blocking_get(self.admin, "/metrics")?;
+        Ok(body)
+    }
+
+    /// Sum of the samples of `metric` whose labels contain every `label`.
+    pub fn metric_sum(&self, metric: &str, labels: &[&str]) -> Result<f64> {
+        Ok(sum_samples(&self.metrics()?, metric, labels))
+    }
+}
+
+/// Sum of the samples of `metric` in a Prometheus text exposition whose
+/// label set contains every one of `labels` (`name="value"`).
+pub fn sum_samples(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
