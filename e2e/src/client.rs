@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 /// once redirected to its sidecar).
 #[derive(Clone, Debug)]
 pub enum HttpClient {
-    Http1(Client<HttpConnector, Full<Bytes>>),
+    Http1(Box<Client<HttpConnector, Full<Bytes>>>),
     Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
@@ -43,7 +43,7 @@ impl Reply {
 
 /// A pooled HTTP/1.1 client.
 pub fn http1() -> HttpClient {
-    HttpClient::Http1(Client::builder(TokioExecutor::new()).build_http())
+    HttpClient::Http1(Box::new(Client::builder(TokioExecutor::new()).build_http()))
 }
 
 /// An HTTP/2 (prior knowledge) connection to `proxy`.

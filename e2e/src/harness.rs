@@ -28,11 +28,11 @@ pub fn free_addr() -> SocketAddr {
 pub fn bin(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test>  ->  target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary lives in target/<profile>/deps")?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>  ->  target/<profile>/<name>
+    let mut dir = exe.parent().context("an executable lives in a directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps lives in target/<profile>")?;
+    }
     let path = dir.join(name);
     if !path.exists() {
         let built = BUILT.get_or_init(|| {
@@ -163,9 +163,14 @@ pub struct Echo {
 }
 
 impl Echo {
+    /// Starts an echo on a free port.
     pub fn start(name: &str, version: &str) -> Result<Self> {
+        Self::start_at(free_addr(), name, version)
+    }
+
+    /// Starts an echo on `addr`.
+    pub fn start_at(addr: SocketAddr, name: &str, version: &str) -> Result<Self> {
         let dir = TempDir::new("echo")?;
-        let addr = free_addr();
         let args = [
             "--listen".to_string(),
             addr.to_string(),
