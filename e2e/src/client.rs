@@ -49,7 +49,11 @@ pub fn http1() -> HttpClient {
 /// An HTTP/2 (prior knowledge) connection to `proxy`.
 pub async fn http2(proxy: SocketAddr) -> Result<HttpClient> {
     let stream = tokio::net::TcpStream::connect(proxy).await?;
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
     tokio::spawn(conn);
     Ok(HttpClient::Http2(sender))
 }
@@ -67,7 +71,9 @@ pub async fn send(
 ) -> Result<Reply> {
     let mut req = Request::builder().method(method);
     req = match client {
-        HttpClient::Http1(_) => req.uri(format!("http://{proxy}{path}")).header(http::header::HOST, host),
+        HttpClient::Http1(_) => req
+            .uri(format!("http://{proxy}{path}"))
+            .header(http::header::HOST, host),
         HttpClient::Http2(_) => req.uri(format!("http://{host}{path}")),
     };
     for (k, v) in headers {
@@ -92,7 +98,13 @@ pub async fn send(
 }
 
 /// `GET host path` through `proxy`.
-pub async fn get(client: &HttpClient, proxy: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+pub async fn get(
+    client: &HttpClient,
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply> {
     send(client, proxy, "GET", host, path, headers, Bytes::new()).await
 }
 
@@ -100,7 +112,10 @@ pub async fn get(client: &HttpClient, proxy: SocketAddr, host: &str, path: &str,
 pub fn blocking_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     let status = text

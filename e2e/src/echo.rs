@@ -75,7 +75,11 @@ impl Echo {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let control = |name: &str| -> Option<String> {
             let header = format!("x-echo-{name}");
-            if let Some(v) = req.headers().get(header.as_str()).and_then(|v| v.to_str().ok()) {
+            if let Some(v) = req
+                .headers()
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+            {
                 return Some(v.to_string());
             }
             req.uri().query()?.split('&').find_map(|kv| {
@@ -86,7 +90,9 @@ impl Echo {
         let delay = control("delay").and_then(|d| parse_duration(&d));
         let status = control("status").and_then(|s| s.parse::<u16>().ok());
         let fail_rate = control("fail-rate").and_then(|s| s.parse::<f64>().ok());
-        let fail_status = control("fail-status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(503);
+        let fail_status = control("fail-status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(503);
         let size = control("bytes").and_then(|s| s.parse::<u64>().ok());
 
         let method = req.method().to_string();
@@ -95,7 +101,12 @@ impl Echo {
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into(),
+                )
+            })
             .collect();
         let version = format!("{:?}", req.version());
 
@@ -117,7 +128,9 @@ impl Echo {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        let mut code = status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+        let mut code = status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
         if fail_rate.is_some_and(|rate| fastrand::f64() < rate) {
             code = StatusCode::from_u16(fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         }
@@ -169,9 +182,15 @@ fn stream_payload(size: u64) -> Body {
 
 fn parse_duration(s: &str) -> Option<Duration> {
     if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse::<f64>().ok().map(|v| Duration::from_secs_f64(v / 1000.0));
+        return ms
+            .parse::<f64>()
+            .ok()
+            .map(|v| Duration::from_secs_f64(v / 1000.0));
     }
-    s.strip_suffix('s')?.parse::<f64>().ok().map(Duration::from_secs_f64)
+    s.strip_suffix('s')?
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
 }
 
 /// Binds `addr` and serves an echo there; returns the bound address.

@@ -39,7 +39,16 @@ pub fn bin(name: &str) -> Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = dir.ends_with("release");
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--bins", "-p", "trellis-proxy", "-p", "trellis-control-plane", "-p", "trellis-e2e"]);
+            cmd.args([
+                "build",
+                "--bins",
+                "-p",
+                "trellis-proxy",
+                "-p",
+                "trellis-control-plane",
+                "-p",
+                "trellis-e2e",
+            ]);
             if release {
                 cmd.arg("--release");
             }
@@ -95,7 +104,10 @@ impl Process {
         let out = std::fs::File::create(&log)?;
         let child = Command::new(program)
             .args(args)
-            .env("TRELLIS_LOG", std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "TRELLIS_LOG",
+                std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -151,7 +163,9 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
-    wait_until(timeout, || TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok())
+    wait_until(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+    })
 }
 
 /// A `trellis-echo` backend.
@@ -179,7 +193,12 @@ impl Echo {
             "--version".into(),
             version.into(),
         ];
-        let mut process = Process::spawn(&format!("echo {name}"), &bin("trellis-echo")?, &args, dir.path().join("log"))?;
+        let mut process = Process::spawn(
+            &format!("echo {name}"),
+            &bin("trellis-echo")?,
+            &args,
+            dir.path().join("log"),
+        )?;
         if !wait_for_port(addr, Duration::from_secs(10)) {
             process.check_running()?;
             bail!("echo {name} did not listen on {addr}");
@@ -226,7 +245,12 @@ impl Proxy {
             admin.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut process = Process::spawn("trellis-proxy", &bin("trellis-proxy")?, &args, dir.path().join("log"))?;
+        let mut process = Process::spawn(
+            "trellis-proxy",
+            &bin("trellis-proxy")?,
+            &args,
+            dir.path().join("log"),
+        )?;
         let ready = wait_until(Duration::from_secs(15), || {
             crate::client::blocking_get(admin, "/ready").is_ok_and(|(status, _)| status == 200)
         });

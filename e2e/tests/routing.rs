@@ -16,7 +16,12 @@ use trellis_e2e::payload;
 fn rules(backends: &[(&str, &Echo)], routes: &str) -> String {
     let endpoints: String = backends
         .iter()
-        .map(|(v, e)| format!("  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n", e.port()))
+        .map(|(v, e)| {
+            format!(
+                "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n",
+                e.port()
+            )
+        })
         .collect();
     let subsets: String = backends
         .iter()
@@ -59,19 +64,38 @@ spec:
 }
 
 /// Sends `n` GETs, `concurrency` at a time; returns the `x-echo-version` of each 2xx (or the status).
-async fn versions(proxy: &Proxy, host: &str, n: usize, concurrency: usize, headers: &[(&str, &str)]) -> Vec<String> {
+async fn versions(
+    proxy: &Proxy,
+    host: &str,
+    n: usize,
+    concurrency: usize,
+    headers: &[(&str, &str)],
+) -> Vec<String> {
     let client = client::http1();
     let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let per = n / concurrency;
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, out, addr, host) = (client.clone(), out.clone(), proxy.outbound, host.to_string());
-            let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let (client, out, addr, host) = (
+                client.clone(),
+                out.clone(),
+                proxy.outbound,
+                host.to_string(),
+            );
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             tokio::spawn(async move {
-                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 for _ in 0..per {
                     let label = match get(&client, addr, &host, "/", &h).await {
-                        Ok(r) if r.status.is_success() => r.header("x-echo-version").unwrap_or("?").to_string(),
+                        Ok(r) if r.status.is_success() => {
+                            r.header("x-echo-version").unwrap_or("?").to_string()
+                        }
                         Ok(r) => format!("status {}", r.status),
                         Err(e) => format!("error {e}"),
                     };
@@ -83,7 +107,10 @@ async fn versions(proxy: &Proxy, host: &str, n: usize, concurrency: usize, heade
     for t in tasks {
         t.await.expect("task");
     }
-    Arc::try_unwrap(out).expect("tasks done").into_inner().expect("not poisoned")
+    Arc::try_unwrap(out)
+        .expect("tasks done")
+        .into_inner()
+        .expect("not poisoned")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,11 +120,21 @@ async fn canary_90_10_split_lands_within_3_points() -> Result<()> {
     let seen = versions(&proxy, "reviews", 2000, 8, &[]).await;
     assert_eq!(seen.len(), 2000);
     let failures: Vec<_> = seen.iter().filter(|v| *v != "v1" && *v != "v2").collect();
-    assert!(failures.is_empty(), "non-2xx: {:?}", &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "non-2xx: {:?}",
+        &failures[..failures.len().min(5)]
+    );
     let v2_share = seen.iter().filter(|v| *v == "v2").count() as f64 / 20.0;
-    assert!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share}% (want 10 ± 3)");
+    assert!(
+        (7.0..=13.0).contains(&v2_share),
+        "v2 got {v2_share}% (want 10 ± 3)"
+    );
     // the metric agrees with what the client saw
-    let counted = proxy.metric_sum("trellis_requests_total", &["destination_subset=\"v2\"", "response_code=\"200\""])?;
+    let counted = proxy.metric_sum(
+        "trellis_requests_total",
+        &["destination_subset=\"v2\"", "response_code=\"200\""],
+    )?;
     assert_eq!(counted as usize, seen.iter().filter(|v| *v == "v2").count());
     Ok(())
 }
@@ -120,10 +157,20 @@ spec:
     let proxy = Proxy::start(&rules(&[("v2", &v2), ("v3", &v3)], vs))?;
     let jason = versions(&proxy, "reviews", 200, 4, &[("end-user", "jason")]).await;
     assert!(jason.iter().all(|v| v == "v2"), "jason: {jason:?}");
-    let others = versions(&proxy, "reviews.default.svc.cluster.local:9080", 200, 4, &[("end-user", "bob")]).await;
+    let others = versions(
+        &proxy,
+        "reviews.default.svc.cluster.local:9080",
+        200,
+        4,
+        &[("end-user", "bob")],
+    )
+    .await;
     assert!(others.iter().all(|v| v == "v3"), "bob: {others:?}");
     let anonymous = versions(&proxy, "reviews.default", 100, 4, &[]).await;
-    assert!(anonymous.iter().all(|v| v == "v3"), "anonymous: {anonymous:?}");
+    assert!(
+        anonymous.iter().all(|v| v == "v3"),
+        "anonymous: {anonymous:?}"
+    );
     Ok(())
 }
 
@@ -136,15 +183,20 @@ async fn weight_flip_under_load_has_no_errors_and_applies_within_1s() -> Result<
     let client = client::http1();
     let loaders: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, log, client, addr) = (stop.clone(), log.clone(), client.clone(), proxy.outbound);
+            let (stop, log, client, addr) =
+                (stop.clone(), log.clone(), client.clone(), proxy.outbound);
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let label = match get(&client, addr, "reviews", "/", &[]).await {
-                        Ok(r) if r.status.is_success() => r.header("x-echo-version").unwrap_or("?").to_string(),
+                        Ok(r) if r.status.is_success() => {
+                            r.header("x-echo-version").unwrap_or("?").to_string()
+                        }
                         Ok(r) => format!("status {} {:?}", r.status, r.header("x-trellis-reason")),
                         Err(e) => format!("error {e}"),
                     };
-                    log.lock().expect("not poisoned").push((Instant::now(), label));
+                    log.lock()
+                        .expect("not poisoned")
+                        .push((Instant::now(), label));
                 }
             })
         })
@@ -155,7 +207,8 @@ async fn weight_flip_under_load_has_no_errors_and_applies_within_1s() -> Result<
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // An invalid change: weights no longer sum to 100. Old routing stays.
-    let failures_before = proxy.metric_sum("trellis_config_reloads_total", &["result=\"failure\""])?;
+    let failures_before =
+        proxy.metric_sum("trellis_config_reloads_total", &["result=\"failure\""])?;
     proxy.write_config(&rules(&[("v1", &v1), ("v2", &v2)], &split(50, 20)))?;
     let counted = trellis_e2e::harness::wait_until(Duration::from_secs(3), || {
         proxy
@@ -168,18 +221,41 @@ async fn weight_flip_under_load_has_no_errors_and_applies_within_1s() -> Result<
     for l in loaders {
         l.await?;
     }
-    assert!(counted, "the invalid config did not increment the reload-failure metric");
+    assert!(
+        counted,
+        "the invalid config did not increment the reload-failure metric"
+    );
 
     let log = log.lock().expect("not poisoned");
     let errors: Vec<_> = log.iter().filter(|(_, v)| v != "v1" && v != "v2").collect();
-    assert!(errors.is_empty(), "{} non-2xx during the flip, e.g. {:?}", errors.len(), errors.first());
-    let last_v1 = log.iter().filter(|(_, v)| v == "v1").map(|(t, _)| *t).max().expect("v1 before the flip");
+    assert!(
+        errors.is_empty(),
+        "{} non-2xx during the flip, e.g. {:?}",
+        errors.len(),
+        errors.first()
+    );
+    let last_v1 = log
+        .iter()
+        .filter(|(_, v)| v == "v1")
+        .map(|(t, _)| *t)
+        .max()
+        .expect("v1 before the flip");
     let took = last_v1.saturating_duration_since(flipped_at);
-    assert!(took < Duration::from_secs(1), "v1 still served {took:?} after the change");
+    assert!(
+        took < Duration::from_secs(1),
+        "v1 still served {took:?} after the change"
+    );
     let after_invalid: Vec<_> = log.iter().filter(|(t, _)| *t > invalid_at).collect();
     assert!(!after_invalid.is_empty());
-    assert!(after_invalid.iter().all(|(_, v)| v == "v2"), "routing changed after an invalid config");
-    assert!(log.len() > 200, "too little load to mean anything: {}", log.len());
+    assert!(
+        after_invalid.iter().all(|(_, v)| v == "v2"),
+        "routing changed after an invalid config"
+    );
+    assert!(
+        log.len() > 200,
+        "too little load to mean anything: {}",
+        log.len()
+    );
     Ok(())
 }
 
@@ -206,13 +282,29 @@ async fn ten_mib_bodies_pass_intact_both_ways() -> Result<()> {
     let data = Bytes::from(payload::bytes(SIZE));
     let want = payload::sha256_hex(&data);
     for client in [client::http1(), client::http2(proxy.outbound).await?] {
-        let up = send(&client, proxy.outbound, "POST", "reviews", "/upload", &[], data.clone()).await?;
+        let up = send(
+            &client,
+            proxy.outbound,
+            "POST",
+            "reviews",
+            "/upload",
+            &[],
+            data.clone(),
+        )
+        .await?;
         assert_eq!(up.status, 200);
         let json = up.json()?;
         assert_eq!(json["body_bytes"], SIZE as u64);
         assert_eq!(json["body_sha256"], want.as_str());
 
-        let down = get(&client, proxy.outbound, "reviews", &format!("/download?bytes={SIZE}"), &[]).await?;
+        let down = get(
+            &client,
+            proxy.outbound,
+            "reviews",
+            &format!("/download?bytes={SIZE}"),
+            &[],
+        )
+        .await?;
         assert_eq!(down.status, 200);
         assert_eq!(down.body.len(), SIZE);
         assert_eq!(payload::sha256_hex(&down.body), want);
@@ -262,7 +354,10 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() -> Result<()> 
     use std::io::{Read, Write};
     let v1 = Echo::start("reviews", "v1")?;
     let mut proxy = Proxy::start(&rules(&[("v1", &v1)], ""))?;
-    let huge = format!("GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: {}\r\n\r\n", "a".repeat(512 * 1024));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
     for (raw, want) in [
         ("NOT-HTTP garbage\r\n\r\n".to_string(), "HTTP/1.1 400"),
         (huge, "HTTP/1.1 431"),
@@ -289,7 +384,9 @@ async fn config_dump_shows_hosts_routes_and_endpoints() -> Result<()> {
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(dump["version"], 1);
-    assert!(dump["source"].as_str().is_some_and(|s| s.starts_with("file:")));
+    assert!(dump["source"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("file:")));
     let host = &dump["hosts"].as_array().expect("hosts")[0];
     assert_eq!(host["name"], "reviews.default.svc.cluster.local");
     let weights: Vec<_> = host["routes"][0]["destinations"]

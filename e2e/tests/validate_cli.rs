@@ -15,10 +15,22 @@ fn fixtures() -> PathBuf {
 fn accepts_istio_bookinfo_samples_unchanged() -> Result<()> {
     let dir = fixtures();
     let pairs = [
-        ["destination-rule-all.yaml", "virtual-service-reviews-90-10.yaml"],
-        ["destination-rule-all-mtls.yaml", "virtual-service-reviews-jason-v2-v3.yaml"],
-        ["destination-rule-all.yaml", "virtual-service-ratings-test-delay.yaml"],
-        ["destination-rule-all.yaml", "virtual-service-ratings-test-abort.yaml"],
+        [
+            "destination-rule-all.yaml",
+            "virtual-service-reviews-90-10.yaml",
+        ],
+        [
+            "destination-rule-all-mtls.yaml",
+            "virtual-service-reviews-jason-v2-v3.yaml",
+        ],
+        [
+            "destination-rule-all.yaml",
+            "virtual-service-ratings-test-delay.yaml",
+        ],
+        [
+            "destination-rule-all.yaml",
+            "virtual-service-ratings-test-abort.yaml",
+        ],
     ];
     for files in pairs {
         let out = Command::new(bin("trellisctl")?)
@@ -27,8 +39,15 @@ fn accepts_istio_bookinfo_samples_unchanged() -> Result<()> {
             .args(files.iter().map(|f| dir.join(f)))
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{files:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("valid: 1 VirtualService, 4 DestinationRule"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "{files:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("valid: 1 VirtualService, 4 DestinationRule"),
+            "{stdout}"
+        );
     }
     Ok(())
 }
@@ -48,29 +67,44 @@ fn broken_file_reports_every_error_with_position_and_exits_1() -> Result<()> {
         std::fs::read_to_string(fixtures().join("destination-rule-all.yaml"))?.trim_end_matches("---\n")
     );
     std::fs::write(&broken, text)?;
-    let out = Command::new(bin("trellisctl")?).arg("validate").arg("-f").arg(&broken).output()?;
+    let out = Command::new(bin("trellisctl")?)
+        .arg("validate")
+        .arg("-f")
+        .arg(&broken)
+        .output()?;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let name = broken.display().to_string();
     // The parse error alone is reported when a document does not parse.
     assert!(
-        stdout.contains(&format!("{name}:90:15: spec.http[0].route[0].weight: invalid type: string \"lots\"")),
+        stdout.contains(&format!(
+            "{name}:90:15: spec.http[0].route[0].weight: invalid type: string \"lots\""
+        )),
         "{stdout}"
     );
 
     // Fix the type error: now the validation errors all come out at once.
     let text = std::fs::read_to_string(&broken)?.replace("weight: lots", "weight: 100");
     std::fs::write(&broken, text)?;
-    let out = Command::new(bin("trellisctl")?).arg("validate").arg("-f").arg(&broken).output()?;
+    let out = Command::new(bin("trellisctl")?)
+        .arg("validate")
+        .arg("-f")
+        .arg(&broken)
+        .output()?;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     for want in [
         format!("{name}:71:14: spec.http[0].timeout: invalid duration \"3 seconds\""),
         format!("{name}:73:5: spec.http[0].route: weights sum to 95, expected 100"),
-        format!("{name}:79:17: spec.http[0].route[1].destination.subset: subset \"v9\" is not defined"),
+        format!(
+            "{name}:79:17: spec.http[0].route[1].destination.subset: subset \"v9\" is not defined"
+        ),
     ] {
-        assert!(lines.iter().any(|l| l.starts_with(&want)), "missing {want}\n{stdout}");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&want)),
+            "missing {want}\n{stdout}"
+        );
     }
     assert_eq!(lines.len(), 3, "{stdout}");
     Ok(())

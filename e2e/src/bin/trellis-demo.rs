@@ -26,18 +26,27 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let rules = std::fs::read_to_string(&args.rules).with_context(|| format!("reading {}", args.rules.display()))?;
+    let rules = std::fs::read_to_string(&args.rules)
+        .with_context(|| format!("reading {}", args.rules.display()))?;
     let v1_addr: SocketAddr = "127.0.0.1:19081".parse()?;
     let v2_addr: SocketAddr = "127.0.0.1:19082".parse()?;
     println!("Trellis local demo");
     println!("  backends  reviews v1 on {v1_addr}, reviews v2 on {v2_addr}");
-    let _v1 = Echo::start_at(v1_addr, "reviews", "v1").context("starting reviews v1 (is port 19081 free?)")?;
-    let _v2 = Echo::start_at(v2_addr, "reviews", "v2").context("starting reviews v2 (is port 19082 free?)")?;
+    let _v1 = Echo::start_at(v1_addr, "reviews", "v1")
+        .context("starting reviews v1 (is port 19081 free?)")?;
+    let _v2 = Echo::start_at(v2_addr, "reviews", "v2")
+        .context("starting reviews v2 (is port 19082 free?)")?;
     let proxy = Proxy::start(&rules)?;
-    println!("  proxy     outbound {}  admin http://{}/config_dump", proxy.outbound, proxy.admin);
+    println!(
+        "  proxy     outbound {}  admin http://{}/config_dump",
+        proxy.outbound, proxy.admin
+    );
     println!("  rules     {}", args.rules.display());
     println!();
-    println!("  {:>8}  {:>16}  {:>16}  {:>6}", "requests", "v1", "v2", "errors");
+    println!(
+        "  {:>8}  {:>16}  {:>16}  {:>6}",
+        "requests", "v1", "v2", "errors"
+    );
 
     let client = client::http1();
     let (mut v1, mut v2, mut errors) = (0usize, 0usize, 0usize);
@@ -69,7 +78,14 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let jason = get(&client, proxy.outbound, "reviews", "/", &[("end-user", "jason")]).await?;
+    let jason = get(
+        &client,
+        proxy.outbound,
+        "reviews",
+        "/",
+        &[("end-user", "jason")],
+    )
+    .await?;
     println!();
     println!(
         "  a request with `end-user: jason` went to {} (the header-matched route)",

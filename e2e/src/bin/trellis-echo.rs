@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "trellis-echo", about = "HTTP/1.1 + h2c echo backend for Trellis tests")]
+#[command(
+    name = "trellis-echo",
+    about = "HTTP/1.1 + h2c echo backend for Trellis tests"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -20,6 +23,9 @@ struct Args {
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let addr = trellis_e2e::echo::spawn(args.listen, &args.name, &args.version).await?;
-    eprintln!("trellis-echo {} {} listening on {addr}", args.name, args.version);
+    eprintln!(
+        "trellis-echo {} {} listening on {addr}",
+        args.name, args.version
+    );
     tokio::signal::ctrl_c().await
 }

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Proxy benchmark: the same backend measured directly, through trellis-proxy,
+# through nginx and through HAProxy, in one run. The proxy under test is
+# pinned to core 0; the backend and the load generator share core 1.
+#
+#   bash bench/run.sh            # writes BENCHMARKS.md
+#   DURATION=20 bash bench/run.sh
+#
+# Needs (installed by this script when missing): wrk, nginx-light, haproxy,
+# nghttp2-client (h2load). Only loopback addresses are used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+RATE=${RATE:-1000}          # fixed-rate run: requests per second
+OUT=${OUT:-BENCHMARKS.md}
+WORK=$(mktemp -d /tmp/trellis-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q -p trellis-proxy
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(port); TRELLIS=$(port); TRELLIS_ADMIN=$(port); NGINX=$(port); HAPROXY=$(port)
+
+# --- backend: nginx, one worker, core 1 -----------------------------------
+mkdir -p "$WORK/backend" "$WORK/nginx"
+cat > "$WORK/backend/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/backend/pid; error_log $WORK/backend/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } } }
+CONF
+taskset -c 1 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" & PIDS+=($!)
+
+# --- trellis-proxy, core 0, one runtime thread -----------------------------
+cat > "$WORK/rules.yaml" <<CONF
+apiVersion: networking.trellis.io/v1
+kind: ServiceEntry
+metadata: {name: bench}
+spec:
+  hosts: [bench]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 127.0.0.1, ports: {http: $BACKEND}}]
+CONF
+TRELLIS_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/trellis-proxy --config "$WORK/rules.yaml" \
+    --outbound-addr 127.0.0.1:$TRELLIS --admin-addr 127.0.0.1:$TRELLIS_ADMIN & TRELLIS_PID=$!; PIDS+=($TRELLIS_PID)
+
+# --- nginx reverse proxy, core 0, one worker, keep-alive upstream ------------
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx/pid; error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host; } } }
+CONF
+taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & NGINX_PID=$!; PIDS+=($NGINX_PID)
+
+# --- HAProxy, core 0, one thread ------------------------------------------
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND
+CONF
+taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
+
+for p in $BACKEND $TRELLIS $NGINX $HAPROXY; do
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TRELLIS_ADMIN/ready" >/dev/null && break; sleep 0.1; done
+curl -sf -H 'Host: bench' "http://127.0.0.1:$TRELLIS/" >/dev/null || { echo "trellis-proxy does not route" >&2; exit 1; }
+
+# worker pid of an nginx master (the process doing the work)
+worker() { pgrep -P "$1" | head -1 || echo "$1"; }
+NGINX_WORKER=$(worker $NGINX_PID)
+rss_kib() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
+cpu_ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
+HZ=$(getconf CLK_TCK)
+TRELLIS_IDLE_RSS=$(rss_kib $TRELLIS_PID)
+
+declare -A RPS P50 P99 CPU_US RSS
+run() { # name port pid
+    local name=$1 port=$2 pid=$3 out
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: bench' "http://127.0.0.1:$port/")
+    RPS[$name]=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    P50[$name]=$(awk '$1=="50%" {print $2}' <<<"$out")
+    P99[$name]=$(awk '$1=="99%" {print $2}' <<<"$out")
+    if [ -n "$pid" ]; then
+        local before after n
+        before=$(cpu_ticks "$pid")
+        out=$(taskset -c 1 h2load --h1 -c 10 -t 1 --rps $((RATE / 10)) -D "$DURATION" -H 'Host: bench' "http://127.0.0.1:$port/" 2>&1)
+        after=$(cpu_ticks "$pid")
+        n=$(awk '/^requests:/ {print $8}' <<<"$out")
+        CPU_US[$name]=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')
+        RSS[$name]=$(( $(rss_kib "$pid") / 1024 ))
+    else
+        CPU_US[$name]="-"; RSS[$name]="-"
+    fi
+}
+run direct "$BACKEND" ""
+run trellis "$TRELLIS" "$TRELLIS_PID"
+run nginx "$NGINX" "$NGINX_WORKER"
+run haproxy "$HAPROXY" "$HAPROXY_PID"
+TRELLIS_LOADED_RSS=$(awk '/^VmHWM/ {print $2}' /proc/$TRELLIS_PID/status)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+{
+    echo "# Benchmarks"
+    echo
+    echo "Produced by \`bash bench/run.sh\` (DURATION=$DURATION s, $CONNS connections) on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+    echo "Plain HTTP/1.1 keep-alive GETs; backend: nginx (1 worker, \`return 200\`, 23-byte body)."
+    echo "Proxy under test pinned to core 0 (trellis-proxy with one tokio worker thread,"
+    echo "nginx with one worker, HAProxy with one thread); wrk/h2load and the backend on core 1."
+    echo "These machines are noisy: read the ratios, measured in the same run."
+    echo
+    echo "| path | max req/s (wrk) | p50 | p99 | CPU µs/req at $RATE rps (h2load) | RSS after load |"
+    echo "|---|---|---|---|---|---|"
+    for n in direct trellis nginx haproxy; do
+        rss=${RSS[$n]}; [ "$rss" != "-" ] && rss="$rss MiB"
+        echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | ${CPU_US[$n]} | $rss |"
+    done
+    echo
+    echo "Ratios, trellis-proxy / nginx: max req/s $(ratio "${RPS[trellis]}" "${RPS[nginx]}") (target ≥ 1),"
+    echo "CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[nginx]}") (target ≤ 1)."
+    echo "trellis-proxy / HAProxy: max req/s $(ratio "${RPS[trellis]}" "${RPS[haproxy]}"), CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[haproxy]}")."
+    echo
+    echo "trellis-proxy RSS: idle $((TRELLIS_IDLE_RSS / 1024)).$(( (TRELLIS_IDLE_RSS % 1024) * 10 / 1024 )) MiB (target ≤ 8 MiB), peak under load $((TRELLIS_LOADED_RSS / 1024)) MiB."
+    echo
+    echo "Commands (ports vary per run):"
+    echo
+    echo '```'
+    echo "taskset -c 1 wrk -t1 -c$CONNS -d${DURATION}s --latency -H 'Host: bench' http://127.0.0.1:PORT/"
+    echo "taskset -c 1 h2load --h1 -c 10 -t 1 --rps $((RATE / 10)) -D $DURATION -H 'Host: bench' http://127.0.0.1:PORT/"
+    echo "TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/trellis-proxy --config rules.yaml"
+    echo '```'
+    echo
+    echo "CPU µs/req = (utime + stime of the proxy process during the fixed-rate run) / requests completed."
+} > "$OUT"
+cat "$OUT"
