@@ -6,8 +6,8 @@
 #   bash bench/run.sh            # writes BENCHMARKS.md
 #   DURATION=20 bash bench/run.sh
 #
-# Needs (installed by this script when missing): wrk, nginx-light, haproxy,
-# nghttp2-client (h2load). Only loopback addresses are used.
+# Needs (installed by this script when missing): wrk, nginx-light, haproxy.
+# Only loopback addresses are used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -23,7 +23,6 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
-command -v h2load >/dev/null || need+=(nghttp2-client)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -34,6 +33,9 @@ BACKEND=$(port); TRELLIS=$(port); TRELLIS_ADMIN=$(port); NGINX=$(port); HAPROXY=
 
 # --- backend: nginx, one worker, core 1 -----------------------------------
 mkdir -p "$WORK/backend" "$WORK/nginx"
+# Fixed-rate load: each of 10 connections waits 10 ms between requests (~1k rps).
+PACE_MS=$(( 10 * 1000 / RATE ))
+printf 'function delay()\n  return %d\nend\n' "$PACE_MS" > "$WORK/pace.lua"
 cat > "$WORK/backend/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $WORK/backend/pid; error_log $WORK/backend/error.log;
 events { worker_connections 4096; }
@@ -52,7 +54,7 @@ spec:
   ports: [{number: 80, name: http}]
   endpoints: [{address: 127.0.0.1, ports: {http: $BACKEND}}]
 CONF
-TRELLIS_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/trellis-proxy --config "$WORK/rules.yaml" \
+TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/rules.yaml" \
     --outbound-addr 127.0.0.1:$TRELLIS --admin-addr 127.0.0.1:$TRELLIS_ADMIN & TRELLIS_PID=$!; PIDS+=($TRELLIS_PID)
 
 # --- nginx reverse proxy, core 0, one worker, keep-alive upstream ------------
@@ -100,7 +102,7 @@ cpu_ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 HZ=$(getconf CLK_TCK)
 TRELLIS_IDLE_RSS=$(rss_kib $TRELLIS_PID)
 
-declare -A RPS P50 P99 CPU_US RSS
+declare -A RPS P50 P99 CPU_US RSS PACED_RPS
 run() { # name port pid
     local name=$1 port=$2 pid=$3 out
     out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: bench' "http://127.0.0.1:$port/")
@@ -110,13 +112,14 @@ run() { # name port pid
     if [ -n "$pid" ]; then
         local before after n
         before=$(cpu_ticks "$pid")
-        out=$(taskset -c 1 h2load --h1 -c 10 -t 1 --rps $((RATE / 10)) -D "$DURATION" -H 'Host: bench' "http://127.0.0.1:$port/" 2>&1)
+        out=$(taskset -c 1 wrk -t1 -c10 -d"${DURATION}s" -s "$WORK/pace.lua" -H 'Host: bench' "http://127.0.0.1:$port/")
         after=$(cpu_ticks "$pid")
-        n=$(awk '/^requests:/ {print $8}' <<<"$out")
+        n=$(awk '/requests in/ {print $1}' <<<"$out")
+        PACED_RPS[$name]=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
         CPU_US[$name]=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')
         RSS[$name]=$(( $(rss_kib "$pid") / 1024 ))
     else
-        CPU_US[$name]="-"; RSS[$name]="-"
+        CPU_US[$name]="-"; RSS[$name]="-"; PACED_RPS[$name]="-"
     fi
 }
 run direct "$BACKEND" ""
@@ -131,15 +134,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "Produced by \`bash bench/run.sh\` (DURATION=$DURATION s, $CONNS connections) on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
     echo "Plain HTTP/1.1 keep-alive GETs; backend: nginx (1 worker, \`return 200\`, 23-byte body)."
-    echo "Proxy under test pinned to core 0 (trellis-proxy with one tokio worker thread,"
-    echo "nginx with one worker, HAProxy with one thread); wrk/h2load and the backend on core 1."
+    echo "Proxy under test pinned to core 0 (trellis-proxy with its one-thread runtime,"
+    echo "nginx with one worker, HAProxy with one thread); wrk and the backend on core 1."
     echo "These machines are noisy: read the ratios, measured in the same run."
     echo
-    echo "| path | max req/s (wrk) | p50 | p99 | CPU µs/req at $RATE rps (h2load) | RSS after load |"
+    echo "| path | max req/s | p50 | p99 | CPU µs/req at ~$RATE rps (achieved rps) | RSS after load |"
     echo "|---|---|---|---|---|---|"
     for n in direct trellis nginx haproxy; do
         rss=${RSS[$n]}; [ "$rss" != "-" ] && rss="$rss MiB"
-        echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | ${CPU_US[$n]} | $rss |"
+        echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | ${CPU_US[$n]} (${PACED_RPS[$n]}) | $rss |"
     done
     echo
     echo "Ratios, trellis-proxy / nginx: max req/s $(ratio "${RPS[trellis]}" "${RPS[nginx]}") (target ≥ 1),"
@@ -152,10 +155,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo '```'
     echo "taskset -c 1 wrk -t1 -c$CONNS -d${DURATION}s --latency -H 'Host: bench' http://127.0.0.1:PORT/"
-    echo "taskset -c 1 h2load --h1 -c 10 -t 1 --rps $((RATE / 10)) -D $DURATION -H 'Host: bench' http://127.0.0.1:PORT/"
-    echo "TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/trellis-proxy --config rules.yaml"
+    echo "taskset -c 1 wrk -t1 -c10 -d${DURATION}s -s pace.lua -H 'Host: bench' http://127.0.0.1:PORT/   # pace.lua: function delay() return $PACE_MS end"
+    echo "taskset -c 0 target/release/trellis-proxy --workers 1 --config rules.yaml"
     echo '```'
     echo
-    echo "CPU µs/req = (utime + stime of the proxy process during the fixed-rate run) / requests completed."
+    echo "Latency columns are wrk's at max load ($CONNS connections). CPU µs/req = (utime + stime of the"
+    echo "proxy process, from /proc, during the paced run) / requests completed in that run."
 } > "$OUT"
 cat "$OUT"

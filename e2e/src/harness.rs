@@ -24,7 +24,9 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// Path of a workspace binary, built first if this test run did not build it.
+/// Path of a workspace binary. The first call in a process runs `cargo
+/// build` for the binaries (a no-op when up to date), so tests never run a
+/// stale proxy: `cargo test` alone does not build other packages' binaries.
 pub fn bin(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe()?;
@@ -33,33 +35,38 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     if dir.ends_with("deps") {
         dir = dir.parent().context("deps lives in target/<profile>")?;
     }
+    let release = dir.ends_with("release");
+    let built = BUILT.get_or_init(|| {
+        if std::env::var_os("TRELLIS_E2E_NO_BUILD").is_some() {
+            return Ok(());
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "trellis-proxy",
+            "-p",
+            "trellis-control-plane",
+            "-p",
+            "trellis-e2e",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            other => Err(format!("cargo build --bins failed: {other:?}")),
+        }
+    });
+    if let Err(e) = built {
+        bail!("cannot build {name}: {e}");
+    }
     let path = dir.join(name);
     if !path.exists() {
-        let built = BUILT.get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let release = dir.ends_with("release");
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--bins",
-                "-p",
-                "trellis-proxy",
-                "-p",
-                "trellis-control-plane",
-                "-p",
-                "trellis-e2e",
-            ]);
-            if release {
-                cmd.arg("--release");
-            }
-            match cmd.status() {
-                Ok(s) if s.success() => Ok(()),
-                other => Err(format!("cargo build --bins failed: {other:?}")),
-            }
-        });
-        if let Err(e) = built {
-            bail!("{name} is not built and building it failed: {e}");
-        }
+        bail!("{} does not exist after building", path.display());
     }
     Ok(path)
 }

@@ -38,6 +38,10 @@ pub struct Args {
     /// Upper bound on connecting to an endpoint.
     #[arg(long, env = "TRELLIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Runtime worker threads; 1 (the default, a sidecar's usual CPU share)
+    /// runs everything on one thread with no cross-thread scheduling.
+    #[arg(long, env = "TRELLIS_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -67,6 +71,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Time allowed for in-flight requests after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Runtime worker threads (1 = a current-thread runtime).
+    pub workers: usize,
 }
 
 /// Who this sidecar is.
@@ -128,6 +134,7 @@ impl Config {
                 interval: args.watch_interval,
             },
             drain_timeout: args.drain_timeout,
+            workers: usize::from(args.workers),
         })
     }
 }

@@ -107,6 +107,58 @@ impl Metrics {
     }
 }
 
+/// The series of one (route, destination), resolved once and cached on the
+/// compiled destination so the request path does not hash label strings.
+#[derive(Debug)]
+pub struct RouteSeries {
+    labels: DurationLabels,
+    duration: Histogram,
+    ok: Counter,
+}
+
+impl RouteSeries {
+    pub fn new(metrics: &Metrics, labels: DurationLabels) -> Self {
+        let duration = metrics.request_duration.get_or_create(&labels).clone();
+        let ok = metrics
+            .requests
+            .get_or_create(&labels.with_response(200, ""))
+            .clone();
+        Self {
+            labels,
+            duration,
+            ok,
+        }
+    }
+
+    /// Counts one request and its duration.
+    pub fn record(&self, metrics: &Metrics, status: u16, reason: &'static str, seconds: f64) {
+        self.duration.observe(seconds);
+        if status == 200 && reason.is_empty() {
+            self.ok.inc();
+        } else {
+            metrics
+                .requests
+                .get_or_create(&self.labels.with_response(status, reason))
+                .inc();
+        }
+    }
+}
+
+impl DurationLabels {
+    /// The `trellis_requests_total` labels for a response.
+    pub fn with_response(&self, response_code: u16, reason: &'static str) -> RequestLabels {
+        RequestLabels {
+            direction: self.direction,
+            source_workload: self.source_workload.clone(),
+            destination_service: self.destination_service.clone(),
+            destination_subset: self.destination_subset.clone(),
+            route: self.route.clone(),
+            response_code,
+            reason,
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use trellis_api as api;
 
 use super::matcher::{CompiledMatch, MatchError, RequestView};
 use crate::config::NodeConfig;
+use crate::metrics::RouteSeries;
 
 /// Why a config cannot be run (the reasons of a NACK).
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,8 @@ pub struct WeightedCluster {
     pub weight: u32,
     pub request_headers: Option<api::HeaderOperations>,
     pub response_headers: Option<api::HeaderOperations>,
+    /// Metric series of (this route, this destination), resolved on first use.
+    pub series: OnceLock<RouteSeries>,
 }
 
 /// A (service, subset) and its endpoints.
@@ -295,6 +298,7 @@ fn route(
                 weight: d.weight,
                 request_headers: d.request_headers.clone(),
                 response_headers: d.response_headers.clone(),
+                series: OnceLock::new(),
             })
         })
         .collect::<Result<_, _>>()?;

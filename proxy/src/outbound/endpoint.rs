@@ -24,11 +24,11 @@ impl Forward {
         Self { clients }
     }
 
-    /// Forwards `req` (addressed to `authority`) to an endpoint of `destination`.
+    /// Forwards `req` to an endpoint of `destination`. The client's
+    /// authority travels as `Host` (HTTP/1.1) or in the request (HTTP/2).
     pub async fn send(
         &self,
         req: Request<Incoming>,
-        authority: &str,
         route: &Route,
         destination: &WeightedCluster,
     ) -> Result<Response<ProxyBody>, Reason> {
@@ -36,15 +36,34 @@ impl Forward {
         let endpoint = cluster.next_endpoint().ok_or(Reason::NoHealthyUpstream)?;
         let (mut parts, body) = req.into_parts();
 
-        let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query: PathAndQuery = match route.rewrite_path(parts.uri.path()) {
+        // An HTTP/2 request names its authority only in the URI: keep it as Host.
+        if !parts.headers.contains_key(HOST) {
+            if let Some(a) = parts.uri.authority() {
+                let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadRequest)?;
+                parts.headers.insert(HOST, host);
+            }
+        }
+        if let Some(authority) = route
+            .rewrite
+            .as_ref()
+            .map(|r| r.authority.as_str())
+            .filter(|a| !a.is_empty())
+        {
+            let host = HeaderValue::from_str(authority).map_err(|_| Reason::BadRequest)?;
+            parts.headers.insert(HOST, host);
+        }
+        let path_and_query = match route.rewrite_path(parts.uri.path()) {
             Some(path) => match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             }
             .parse()
             .map_err(|_| Reason::BadRequest)?,
-            None => original.parse().map_err(|_| Reason::BadRequest)?,
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         parts.uri = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -53,14 +72,6 @@ impl Forward {
             .build()
             .map_err(|_| Reason::BadRequest)?;
         headers::strip_hop_by_hop(&mut parts.headers);
-        let host = match route.rewrite.as_ref().filter(|r| !r.authority.is_empty()) {
-            Some(r) => &r.authority,
-            None => authority,
-        };
-        parts.headers.insert(
-            HOST,
-            HeaderValue::from_str(host).map_err(|_| Reason::BadRequest)?,
-        );
         parts.version = match cluster.protocol {
             Protocol::Http2 => Version::HTTP_2,
             _ => Version::HTTP_11,

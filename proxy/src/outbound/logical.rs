@@ -15,7 +15,7 @@ use crate::config::NodeConfig;
 use crate::discovery::matcher::RequestView;
 use crate::discovery::model::{Route, WeightedCluster};
 use crate::discovery::{ConfigStore, RouteTable};
-use crate::metrics::{DurationLabels, Metrics, RequestLabels};
+use crate::metrics::{DurationLabels, Metrics, RouteSeries};
 
 /// The outbound request handler.
 #[derive(Debug)]
@@ -84,13 +84,13 @@ impl Outbound {
         req: Request<Incoming>,
     ) -> Result<(Response<ProxyBody>, Target<'t>), (Reason, Option<Target<'t>>)> {
         let authority = request_authority(&req).ok_or((Reason::BadRequest, None))?;
-        let vh = table.host(&authority).ok_or((Reason::NoRoute, None))?;
+        let vh = table.host(authority).ok_or((Reason::NoRoute, None))?;
         let view = RequestView {
             method: req.method().as_str(),
             path: req.uri().path(),
             query: req.uri().query(),
-            authority: &authority,
-            port: port_of(&authority),
+            authority,
+            port: port_of(authority),
             headers: req.headers(),
         };
         let route = vh
@@ -100,7 +100,7 @@ impl Outbound {
             .ok_or((Reason::NoRoute, None))?;
         let host = vh.name.as_str();
         if let Some(redirect) = &route.redirect {
-            let resp = redirect_response(redirect, &authority, req.uri());
+            let resp = redirect_response(redirect, authority, req.uri());
             return Ok((
                 resp,
                 Target {
@@ -116,7 +116,7 @@ impl Outbound {
             route,
             destination: Some(destination),
         };
-        match self.forward.send(req, &authority, route, destination).await {
+        match self.forward.send(req, route, destination).await {
             Ok(resp) => Ok((resp, target)),
             Err(reason) => Err((reason, Some(target))),
         }
@@ -129,51 +129,55 @@ impl Outbound {
         reason: &'static str,
         start: Instant,
     ) {
-        let (service, subset, route) = match target {
-            Some(t) => match t.destination {
-                Some(d) => (
-                    d.cluster.service.as_str(),
-                    d.cluster.subset.as_str(),
-                    t.route.name.as_str(),
-                ),
-                None => (t.host, "", t.route.name.as_str()),
-            },
-            None => ("unknown", "", ""),
+        let seconds = start.elapsed().as_secs_f64();
+        if let Some(Target {
+            route,
+            destination: Some(d),
+            ..
+        }) = target
+        {
+            let series = d.series.get_or_init(|| {
+                RouteSeries::new(
+                    &self.metrics,
+                    self.labels(&d.cluster.service, &d.cluster.subset, &route.name),
+                )
+            });
+            series.record(&self.metrics, status.as_u16(), reason, seconds);
+            return;
+        }
+        // Redirects and requests that matched nothing: rare, resolved per request.
+        let labels = match target {
+            Some(t) => self.labels(t.host, "", &t.route.name),
+            None => self.labels("unknown", "", ""),
         };
-        let labels = DurationLabels {
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        let labels = labels.with_response(status.as_u16(), reason);
+        self.metrics.requests.get_or_create(&labels).inc();
+    }
+
+    fn labels(&self, service: &str, subset: &str, route: &str) -> DurationLabels {
+        DurationLabels {
             direction: "outbound",
             source_workload: self.node.service.clone(),
             destination_service: service.to_string(),
             destination_subset: subset.to_string(),
             route: route.to_string(),
-        };
-        self.metrics
-            .request_duration
-            .get_or_create(&labels)
-            .observe(start.elapsed().as_secs_f64());
-        let labels = RequestLabels {
-            direction: labels.direction,
-            source_workload: labels.source_workload,
-            destination_service: labels.destination_service,
-            destination_subset: labels.destination_subset,
-            route: labels.route,
-            response_code: status.as_u16(),
-            reason,
-        };
-        self.metrics.requests.get_or_create(&labels).inc();
+        }
     }
 }
 
 /// `:authority`, the authority of an absolute URI, or the `Host` header.
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
+pub(super) fn request_authority<B>(req: &Request<B>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return Some(a.as_str());
     }
     req.headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty())
-        .map(str::to_string)
 }
 
 fn port_of(authority: &str) -> u16 {
