@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 RATE=${RATE:-1000}          # fixed-rate run: requests per second
-OUT=${OUT:-BENCHMARKS.md}
+OUT=${OUT:-BENCHMARKS.md}   # the section between the markers is replaced; the rest is kept
 WORK=$(mktemp -d /tmp/trellis-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -130,7 +130,8 @@ TRELLIS_LOADED_RSS=$(awk '/^VmHWM/ {print $2}' /proc/$TRELLIS_PID/status)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 {
-    echo "# Benchmarks"
+    echo "<!-- bench/run.sh: begin (generated; edit outside the markers) -->"
+    echo "## Sidecar hop: trellis-proxy vs nginx vs HAProxy"
     echo
     echo "Produced by \`bash bench/run.sh\` (DURATION=$DURATION s, $CONNS connections) on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
     echo "Plain HTTP/1.1 keep-alive GETs; backend: nginx (1 worker, \`return 200\`, 23-byte body)."
@@ -161,5 +162,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "Latency columns are wrk's at max load ($CONNS connections). CPU µs/req = (utime + stime of the"
     echo "proxy process, from /proc, during the paced run) / requests completed in that run."
-} > "$OUT"
-cat "$OUT"
+    echo "<!-- bench/run.sh: end -->"
+} > "$WORK/section.md"
+if [ -f "$OUT" ] && grep -q 'bench/run.sh: begin' "$OUT"; then
+    awk -v section="$WORK/section.md" '
+        /bench\/run.sh: begin/ { while ((getline line < section) > 0) print line; skip = 1; next }
+        /bench\/run.sh: end/ { skip = 0; next }
+        !skip { print }' "$OUT" > "$WORK/out.md"
+    mv "$WORK/out.md" "$OUT"
+else
+    { echo "# Benchmarks"; echo; cat "$WORK/section.md"; } > "$OUT"
+fi
+cat "$WORK/section.md"
