@@ -1,11 +1,9 @@
 //! Admin endpoint (default 127.0.0.1:15000): `/live`, `/ready`, `/metrics`,
 //! `/config_dump`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::{self, ProxyBody};
@@ -20,24 +18,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn service(
-        self: Arc<Self>,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Response<ProxyBody>,
-        Error = Infallible,
-        Future = impl Send + 'static,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
-        hyper::service::service_fn(move |req| {
-            let this = self.clone();
-            async move { Ok::<_, Infallible>(this.handle(&req)) }
-        })
-    }
-
-    fn handle<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+    pub fn handle<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::outbound::endpoint::Forward;
 use crate::outbound::Outbound;
 use crate::transport::client::Clients;
-use crate::transport::listen::serve;
+use crate::transport::listen::{serve, service_with};
 
 /// A proxy with its listeners bound, not yet serving.
 #[derive(Debug)]
@@ -77,15 +77,17 @@ impl App {
             self.config.node.clone(),
         ));
         let drain = self.config.drain_timeout;
+        let outbound = service_with(outbound, |o, req| async move { o.handle(req).await });
         tasks.spawn(serve(
             "outbound",
             self.outbound,
-            outbound.service(),
+            outbound,
             rx.clone(),
             drain,
         ));
         let admin = Arc::new(Admin { store, metrics });
-        tasks.spawn(serve("admin", self.admin, admin.service(), rx, drain));
+        let admin = service_with(admin, |a, req| async move { a.handle(&req) });
+        tasks.spawn(serve("admin", self.admin, admin, rx, drain));
         tracing::info!(%outbound_addr, %admin_addr, node = %self.config.node.id, "proxy started");
         Ok(Running {
             outbound_addr,

@@ -1,3 +1,5 @@
+//! Tests of compile: canary subsets, default routes, policy merging.
+
 use super::*;
 use crate::load::load_str;
 

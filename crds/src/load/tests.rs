@@ -1,3 +1,5 @@
+//! Tests of YAML loading: kinds, apiVersions, positions and paths of errors.
+
 use super::*;
 
 const CANARY: &str = r#"

@@ -1,3 +1,5 @@
+//! Tests of the validation pass: every error, with position.
+
 use super::*;
 use crate::load::load_str;
 

@@ -1,7 +1,6 @@
 //! Routes a request: the virtual host its authority names, the first route
 //! whose match holds, then a destination by weight. Records the outcome.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,24 +46,6 @@ impl Outbound {
             metrics,
             node,
         }
-    }
-
-    /// A hyper service over this handler.
-    pub fn service(
-        self: Arc<Self>,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Response<ProxyBody>,
-        Error = Infallible,
-        Future = impl Send + 'static,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
-        hyper::service::service_fn(move |req| {
-            let this = self.clone();
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
-        })
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -3,6 +3,8 @@
 //! in-flight requests on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,6 +16,30 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::ProxyBody;
+
+/// A hyper service calling `handle(state, request)` for every request.
+pub fn service_with<T, F, Fut>(
+    state: Arc<T>,
+    handle: F,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    hyper::service::service_fn(move |req| {
+        let response = handle(state.clone(), req);
+        async move { Ok::<_, Infallible>(response.await) }
+    })
+}
 
 /// Serves `listener` until `shutdown` flips, then gives open connections up
 /// to `drain` to finish their requests.

@@ -1,3 +1,5 @@
+//! Tests of the compiled route table: host aliases, match order, weights.
+
 use super::*;
 
 fn node(ns: &str, labels: &[(&str, &str)]) -> NodeConfig {
