@@ -8,8 +8,11 @@
 //! | `status`     | answer with this status                                 |
 //! | `fail-rate`  | answer `fail-status` (default 503) with this probability |
 //! | `bytes`      | answer this many bytes of the deterministic payload     |
+//! | `fail-once`  | with this probability per `x-request-id`, fail the first request carrying that id (`fail-status`), answer its repeats |
 //!
-//! `GET /_echo/stats` returns `{"requests": N}`: requests served so far.
+//! `GET /_echo/stats` returns `{"requests": N, "by_method": {..}, "cancelled": C}`:
+//! requests received so far, and how many were abandoned by the client
+//! (connection or stream closed) before the answer was ready.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,6 +38,24 @@ pub struct Echo {
     pub name: String,
     pub version: String,
     requests: AtomicU64,
+    cancelled: Arc<AtomicU64>,
+    by_method: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Request ids seen by `fail-once`.
+    seen_ids: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Counts the request as cancelled if it is dropped before it completes.
+struct InFlight {
+    cancelled: Arc<AtomicU64>,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Echo {
@@ -43,6 +64,9 @@ impl Echo {
             name: name.into(),
             version: version.into(),
             requests: AtomicU64::new(0),
+            cancelled: Arc::new(AtomicU64::new(0)),
+            by_method: Default::default(),
+            seen_ids: Default::default(),
         })
     }
 
@@ -69,10 +93,24 @@ impl Echo {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if req.uri().path() == "/_echo/stats" {
-            let n = self.requests.load(Ordering::Relaxed);
-            return self.respond(StatusCode::OK, full(format!("{{\"requests\":{n}}}\n")));
+            let stats = serde_json::json!({
+                "requests": self.requests.load(Ordering::SeqCst),
+                "cancelled": self.cancelled.load(Ordering::SeqCst),
+                "by_method": *self.by_method.lock().expect("not poisoned"),
+            });
+            return self.respond(StatusCode::OK, full(format!("{stats}\n")));
         }
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        *self
+            .by_method
+            .lock()
+            .expect("not poisoned")
+            .entry(req.method().to_string())
+            .or_default() += 1;
+        let mut in_flight = InFlight {
+            cancelled: self.cancelled.clone(),
+            done: false,
+        };
         let control = |name: &str| -> Option<String> {
             let header = format!("x-echo-{name}");
             if let Some(v) = req
@@ -94,6 +132,12 @@ impl Echo {
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(503);
         let size = control("bytes").and_then(|s| s.parse::<u64>().ok());
+        let fail_once = control("fail-once").and_then(|s| s.parse::<f64>().ok());
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
 
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
@@ -134,6 +178,17 @@ impl Echo {
         if fail_rate.is_some_and(|rate| fastrand::f64() < rate) {
             code = StatusCode::from_u16(fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         }
+        if let (Some(p), Some(id)) = (fail_once, &request_id) {
+            let first = self
+                .seen_ids
+                .lock()
+                .expect("not poisoned")
+                .insert(id.clone());
+            if first && fraction_of(id) < p {
+                code = StatusCode::from_u16(fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        }
+        in_flight.done = true;
         if let Some(size) = size {
             return self.respond(code, stream_payload(size));
         }
@@ -163,6 +218,14 @@ impl Echo {
         }
         resp
     }
+}
+
+/// A stable number in [0, 1) for a request id.
+fn fraction_of(id: &str) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn full(text: impl Into<Bytes>) -> Body {

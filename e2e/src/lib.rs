@@ -5,3 +5,4 @@ pub mod client;
 pub mod echo;
 pub mod harness;
 pub mod payload;
+pub mod rules;

@@ -11,41 +11,9 @@ use trellis_e2e::client::{self, get, send};
 use trellis_e2e::harness::{free_port, Echo, Proxy};
 use trellis_e2e::payload;
 
-/// ServiceEntry + DestinationRule for `reviews` with one echo per version,
-/// followed by `routes` (a VirtualService, or nothing).
+/// ServiceEntry + DestinationRule for `reviews`, then `routes`.
 fn rules(backends: &[(&str, &Echo)], routes: &str) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|(v, e)| {
-            format!(
-                "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n",
-                e.port()
-            )
-        })
-        .collect();
-    let subsets: String = backends
-        .iter()
-        .map(|(v, _)| format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"))
-        .collect();
-    format!(
-        "apiVersion: networking.trellis.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-{endpoints}---
-apiVersion: networking.trellis.io/v1
-kind: DestinationRule
-metadata: {{name: reviews}}
-spec:
-  host: reviews
-  subsets:
-{subsets}---
-{routes}"
-    )
+    trellis_e2e::rules::service("reviews", backends, routes)
 }
 
 fn split(v1: u32, v2: u32) -> String {

@@ -13,7 +13,7 @@ use crate::config::{Config, DiscoveryConfig};
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::ConfigStore;
 use crate::metrics::Metrics;
-use crate::outbound::endpoint::Forward;
+use crate::outbound::forward::Forward;
 use crate::outbound::Outbound;
 use crate::transport::client::Clients;
 use crate::transport::listen::{serve, service_with};
@@ -69,7 +69,10 @@ impl App {
             }
         }
 
-        let forward = Forward::new(Clients::new(self.config.outbound.connect_timeout));
+        let forward = Forward::new(
+            Clients::new(self.config.outbound.connect_timeout),
+            metrics.clone(),
+        );
         let outbound = Arc::new(Outbound::new(
             store.clone(),
             forward,

@@ -21,3 +21,134 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 pub fn stream(body: hyper::body::Incoming) -> ProxyBody {
     body.map_err(BoxError::from).boxed_unsync()
 }
+
+/// Bodies up to this size are buffered so a retry can send them again.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// A request body on its way upstream: either buffered whole (small, and
+/// replayable for retries) or streamed (its first bytes read ahead, the
+/// rest passed through as it arrives; never replayed).
+#[derive(Debug)]
+pub enum RequestBody {
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+    Streaming {
+        prefix: Option<Bytes>,
+        rest: hyper::body::Incoming,
+    },
+}
+
+impl RequestBody {
+    /// An empty, replayable body.
+    pub fn empty() -> Self {
+        Self::Buffered {
+            data: None,
+            trailers: None,
+        }
+    }
+
+    /// Reads `body` until its end or until more than `limit` bytes arrived.
+    pub async fn read(mut body: hyper::body::Incoming, limit: usize) -> Result<Self, hyper::Error> {
+        use http_body::Body as _;
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            if body.is_end_stream() {
+                return Ok(Self::Buffered {
+                    data: Some(buf.freeze()).filter(|b| !b.is_empty()),
+                    trailers: None,
+                });
+            }
+            match body.frame().await {
+                None => {
+                    return Ok(Self::Buffered {
+                        data: Some(buf.freeze()).filter(|b| !b.is_empty()),
+                        trailers: None,
+                    })
+                }
+                Some(frame) => match frame?.into_data() {
+                    Ok(data) => {
+                        buf.extend_from_slice(&data);
+                        if buf.len() > limit {
+                            return Ok(Self::Streaming {
+                                prefix: Some(buf.freeze()),
+                                rest: body,
+                            });
+                        }
+                    }
+                    Err(frame) => {
+                        return Ok(Self::Buffered {
+                            data: Some(buf.freeze()).filter(|b| !b.is_empty()),
+                            trailers: frame.into_trailers().ok(),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    /// A copy for another attempt; `None` for a streamed body.
+    pub fn try_clone(&self) -> Option<Self> {
+        match self {
+            Self::Buffered { data, trailers } => Some(Self::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            }),
+            Self::Streaming { .. } => None,
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Self::Buffered { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
+            }
+            Self::Streaming { prefix, rest } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(prefix))));
+                }
+                std::pin::Pin::new(rest)
+                    .poll_frame(cx)
+                    .map_err(BoxError::from)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            Self::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Buffered { data, .. } => {
+                http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Self::Streaming { prefix, rest } => {
+                let hint = rest.size_hint();
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let mut out = http_body::SizeHint::new();
+                out.set_lower(hint.lower() + extra);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + extra);
+                }
+                out
+            }
+        }
+    }
+}

@@ -3,8 +3,9 @@
 //! Request path (outbound HTTP): `outbound::server` accepts and detects
 //! HTTP/1 or HTTP/2 -> `outbound::logical` finds the virtual host and route in
 //! the current `discovery::RouteTable` and picks a weighted destination ->
-//! `outbound::endpoint` picks an endpoint and forwards over a pooled
-//! connection from `transport::client`. Local failures become 4xx/5xx replies
+//! `outbound::forward` applies the route's fault, timeout and retry layers
+//! (`layers/`) -> `outbound::endpoint` makes one attempt at one endpoint over
+//! a pooled connection from `transport::client`. Local failures become 4xx/5xx replies
 //! with `x-trellis-reason` (`outbound::local_reply`).
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod discovery;
+pub mod layers;
 pub mod metrics;
 pub mod outbound;
 pub mod transport;

@@ -31,6 +31,11 @@ pub struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
 }
@@ -42,6 +47,7 @@ pub struct Metrics {
     pub request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_version: Gauge,
+    pub retries: Family<RetryLabels, Counter>,
     registry: Registry,
 }
 
@@ -61,6 +67,12 @@ impl Metrics {
         );
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         let config_version = Gauge::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retries by what made them necessary",
+            retries.clone(),
+        );
         registry.register(
             "requests",
             "Requests handled by the proxy",
@@ -87,6 +99,7 @@ impl Metrics {
             request_duration,
             config_reloads,
             config_version,
+            retries,
             registry,
         }
     }
@@ -97,6 +110,10 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    pub fn retry(&self, reason: &'static str) {
+        self.retries.get_or_create(&RetryLabels { reason }).inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -86,6 +86,7 @@ pub(super) fn retries(r: &HttpRetry) -> api::RetryPolicy {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect(),
+        retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
     }
 }
 

@@ -198,6 +198,11 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
+    /// Trellis extension: also retry non-idempotent requests (POST, PATCH)
+    /// that reached the upstream. By default they are retried only when
+    /// they never did (connect failure, refused stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_non_idempotent: Option<bool>,
 }
 
 /// Faults injected into matching requests.

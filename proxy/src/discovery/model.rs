@@ -10,6 +10,7 @@ use trellis_api as api;
 
 use super::matcher::{CompiledMatch, MatchError, RequestView};
 use crate::config::NodeConfig;
+use crate::layers::retry::{RetryBudget, RetryConditions};
 use crate::metrics::RouteSeries;
 
 /// Why a config cannot be run (the reasons of a NACK).
@@ -53,10 +54,30 @@ pub struct Route {
     pub destinations: Vec<WeightedCluster>,
     total_weight: u32,
     pub timeout: Option<Duration>,
+    pub retry: Option<RouteRetry>,
+    pub fault: Option<Fault>,
     pub redirect: Option<api::Redirect>,
     pub rewrite: Option<api::Rewrite>,
     pub request_headers: Option<api::HeaderOperations>,
     pub response_headers: Option<api::HeaderOperations>,
+}
+
+/// `retries` of a route, compiled.
+#[derive(Debug)]
+pub struct RouteRetry {
+    /// Retries after the first attempt (Istio's `attempts`).
+    pub retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub conditions: Arc<RetryConditions>,
+    /// Retry POST/PATCH even after they reached the upstream.
+    pub non_idempotent: bool,
+}
+
+/// `fault` of a route, compiled: (percentage of requests, what to do).
+#[derive(Debug)]
+pub struct Fault {
+    pub delay: Option<(f64, Duration)>,
+    pub abort: Option<(f64, http::StatusCode)>,
 }
 
 #[derive(Debug)]
@@ -77,6 +98,8 @@ pub struct Cluster {
     pub subset: String,
     pub protocol: api::Protocol,
     pub endpoints: Vec<Endpoint>,
+    /// Caps retries to this destination.
+    pub budget: Arc<RetryBudget>,
     next: AtomicUsize,
 }
 
@@ -90,11 +113,21 @@ pub struct Endpoint {
 impl Cluster {
     /// The next endpoint, round robin; `None` when there are none.
     pub fn next_endpoint(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
+        self.next_endpoint_avoiding(&[])
+    }
+
+    /// The next endpoint round robin, skipping those in `avoid` unless
+    /// every endpoint is in it.
+    pub fn next_endpoint_avoiding(&self, avoid: &[http::uri::Authority]) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i)
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.endpoints[(start + k) % n])
+            .find(|e| !avoid.contains(&e.authority))
+            .or_else(|| self.endpoints.get(start % n))
     }
 }
 
@@ -216,6 +249,11 @@ impl RouteTable {
     }
 }
 
+fn duration(d: Option<&api::prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| Duration::try_from(*d).ok())
+        .filter(|d| !d.is_zero())
+}
+
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.split(']').next().map_or(authority, |h| &h[1..]);
@@ -265,6 +303,7 @@ fn cluster(c: &api::Cluster) -> Result<Cluster, ModelError> {
         subset: c.subset.clone(),
         protocol: c.protocol(),
         endpoints,
+        budget: Arc::new(RetryBudget::default()),
         next: AtomicUsize::new(fastrand::usize(..)),
     })
 }
@@ -307,7 +346,29 @@ fn route(
         total_weight: destinations.iter().map(|d| d.weight).sum(),
         matches,
         destinations,
-        timeout: r.timeout.as_ref().and_then(|d| Duration::try_from(*d).ok()),
+        timeout: duration(r.timeout.as_ref()),
+        retry: r
+            .retries
+            .as_ref()
+            .filter(|p| p.attempts > 0)
+            .map(|p| RouteRetry {
+                retries: p.attempts,
+                per_try_timeout: duration(p.per_try_timeout.as_ref()),
+                conditions: Arc::new(RetryConditions::parse(
+                    p.retry_on.iter().map(String::as_str),
+                )),
+                non_idempotent: p.retry_non_idempotent,
+            }),
+        fault: r.fault.as_ref().map(|f| Fault {
+            delay: f
+                .delay
+                .as_ref()
+                .and_then(|d| Some((d.percentage, duration(d.fixed_delay.as_ref())?))),
+            abort: f.abort.as_ref().and_then(|a| {
+                let status = http::StatusCode::from_u16(u16::try_from(a.http_status).ok()?).ok()?;
+                Some((a.percentage, status))
+            }),
+        }),
         redirect: r.redirect.clone(),
         rewrite: r.rewrite.clone(),
         request_headers: r.request_headers.clone(),

@@ -1,102 +1,93 @@
-//! Forwards a routed request to one endpoint of its destination over a
-//! pooled connection, streaming bodies both ways.
+//! One attempt of a request: picks an endpoint of the destination (one not
+//! yet tried by this request when there is one) and sends the request over
+//! a pooled connection, streaming the body.
 
-use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use trellis_api::Protocol;
 
-use super::headers;
-use super::local_reply::Reason;
-use crate::body::{self, ProxyBody};
-use crate::discovery::model::{Route, WeightedCluster};
+use super::local_reply::{LocalError, Reason};
+use crate::body::{BoxError, RequestBody};
+use crate::discovery::model::Cluster;
 use crate::transport::client::Clients;
 
-/// Sends requests to endpoints.
-#[derive(Clone, Debug)]
-pub struct Forward {
-    clients: Clients,
-}
+/// Endpoints this request has been sent to, shared by its attempts.
+#[derive(Clone, Debug, Default)]
+pub struct TriedEndpoints(Arc<Mutex<Vec<Authority>>>);
 
-impl Forward {
-    pub fn new(clients: Clients) -> Self {
-        Self { clients }
+impl TriedEndpoints {
+    fn snapshot(&self) -> Vec<Authority> {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
-    /// Forwards `req` to an endpoint of `destination`. The client's
-    /// authority travels as `Host` (HTTP/1.1) or in the request (HTTP/2).
-    pub async fn send(
-        &self,
-        req: Request<Incoming>,
-        route: &Route,
-        destination: &WeightedCluster,
-    ) -> Result<Response<ProxyBody>, Reason> {
-        let cluster = &destination.cluster;
-        let endpoint = cluster.next_endpoint().ok_or(Reason::NoHealthyUpstream)?;
-        let (mut parts, body) = req.into_parts();
-
-        // An HTTP/2 request names its authority only in the URI: keep it as Host.
-        if !parts.headers.contains_key(HOST) {
-            if let Some(a) = parts.uri.authority() {
-                let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadRequest)?;
-                parts.headers.insert(HOST, host);
-            }
+    fn push(&self, endpoint: Authority) {
+        if let Ok(mut tried) = self.0.lock() {
+            tried.push(endpoint);
         }
-        if let Some(authority) = route
-            .rewrite
+    }
+}
+
+/// Sends one attempt to an endpoint of `cluster`.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    clients: Clients,
+    cluster: Arc<Cluster>,
+}
+
+impl Attempt {
+    pub fn new(clients: Clients, cluster: Arc<Cluster>) -> Self {
+        Self { clients, cluster }
+    }
+}
+
+type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+impl tower::Service<Request<RequestBody>> for Attempt {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = AttemptFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<RequestBody>) -> AttemptFuture {
+        let tried = req.extensions().get::<TriedEndpoints>().cloned();
+        let avoid = tried
             .as_ref()
-            .map(|r| r.authority.as_str())
-            .filter(|a| !a.is_empty())
-        {
-            let host = HeaderValue::from_str(authority).map_err(|_| Reason::BadRequest)?;
-            parts.headers.insert(HOST, host);
+            .map(TriedEndpoints::snapshot)
+            .unwrap_or_default();
+        let Some(endpoint) = self.cluster.next_endpoint_avoiding(&avoid) else {
+            return Box::pin(async { Err(LocalError(Reason::NoHealthyUpstream).into()) });
+        };
+        let authority = endpoint.authority.clone();
+        if let Some(tried) = &tried {
+            tried.push(authority.clone());
         }
-        let path_and_query = match route.rewrite_path(parts.uri.path()) {
-            Some(path) => match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            }
-            .parse()
-            .map_err(|_| Reason::BadRequest)?,
-            None => parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        };
-        parts.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(endpoint.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Reason::BadRequest)?;
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.version = match cluster.protocol {
-            Protocol::Http2 => Version::HTTP_2,
-            _ => Version::HTTP_11,
-        };
-        headers::apply(&mut parts.headers, route.request_headers.as_ref());
-        headers::apply(&mut parts.headers, destination.request_headers.as_ref());
-
-        let upstream = Request::from_parts(parts, body::stream(body));
-        let resp = self
-            .clients
-            .get(cluster.protocol)
-            .request(upstream)
-            .await
-            .map_err(|e| {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.authority, error = %e, "upstream request failed");
-                if e.is_connect() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return Box::pin(async { Err(LocalError(Reason::BadRequest).into()) }),
+        }
+        let request = self.clients.get(self.cluster.protocol).request(req);
+        let cluster = self.cluster.clone();
+        Box::pin(async move {
+            request.await.map_err(|e| {
+                tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
+                let reason = if e.is_connect() {
                     Reason::ConnectFailure
                 } else {
                     Reason::UpstreamReset
-                }
-            })?;
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::apply(&mut parts.headers, destination.response_headers.as_ref());
-        headers::apply(&mut parts.headers, route.response_headers.as_ref());
-        Ok(Response::from_parts(parts, body::stream(body)))
+                };
+                BoxError::from(LocalError(reason))
+            })
+        })
     }
 }

@@ -3,7 +3,13 @@
 
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BoxError, ProxyBody};
+use crate::layers::timeout::Elapsed;
+
+/// An error of the request path that becomes a local reply.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.as_str())]
+pub struct LocalError(pub Reason);
 
 /// The header naming why the proxy answered instead of an upstream.
 pub const REASON_HEADER: &str = "x-trellis-reason";
@@ -21,6 +27,12 @@ pub enum Reason {
     UpstreamReset,
     /// The request cannot be forwarded as it is.
     BadRequest,
+    /// The route timeout (or the last attempt's per-try timeout) expired.
+    Timeout,
+    /// Every allowed attempt failed without an upstream response.
+    RetriesExhausted,
+    /// A `fault.abort` rule answered instead of the upstream.
+    FaultAbort,
 }
 
 impl Reason {
@@ -30,6 +42,9 @@ impl Reason {
             Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FaultAbort => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -41,12 +56,31 @@ impl Reason {
             Self::ConnectFailure => "connect-failure",
             Self::UpstreamReset => "upstream-reset",
             Self::BadRequest => "bad-request",
+            Self::Timeout => "timeout",
+            Self::RetriesExhausted => "retries-exhausted",
+            Self::FaultAbort => "fault-abort",
+        }
+    }
+
+    /// The reason an error from inside the stack stands for.
+    pub fn of(error: &BoxError) -> Self {
+        if let Some(e) = error.downcast_ref::<LocalError>() {
+            e.0
+        } else if error.is::<Elapsed>() {
+            Self::Timeout
+        } else {
+            Self::UpstreamReset
         }
     }
 
     pub fn response(self) -> Response<ProxyBody> {
+        self.response_with(self.status())
+    }
+
+    /// The reply, with `status` instead of the reason's own.
+    pub fn response_with(self, status: StatusCode) -> Response<ProxyBody> {
         let mut resp = Response::new(body::full(format!("{}\n", self.as_str())));
-        *resp.status_mut() = self.status();
+        *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(REASON_HEADER, HeaderValue::from_static(self.as_str()));
         headers.insert(

@@ -7,7 +7,7 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::endpoint::Forward;
+use super::forward::{Forward, LocalReply};
 use super::local_reply::Reason;
 use crate::body::{self, ProxyBody};
 use crate::config::NodeConfig;
@@ -48,12 +48,17 @@ impl Outbound {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
+        ensure_request_id(req.headers_mut());
         let table = self.store.load();
         let (resp, target, reason) = match self.route(&table, req).await {
             Ok((resp, target)) => (resp, Some(target), ""),
-            Err((reason, target)) => (reason.response(), target, reason.as_str()),
+            Err((reply, target)) => (
+                reply.reason.response_with(reply.status),
+                target,
+                reply.reason.as_str(),
+            ),
         };
         self.record(target.as_ref(), resp.status(), reason, start);
         resp
@@ -63,9 +68,10 @@ impl Outbound {
         &self,
         table: &'t RouteTable,
         req: Request<Incoming>,
-    ) -> Result<(Response<ProxyBody>, Target<'t>), (Reason, Option<Target<'t>>)> {
-        let authority = request_authority(&req).ok_or((Reason::BadRequest, None))?;
-        let vh = table.host(authority).ok_or((Reason::NoRoute, None))?;
+    ) -> Result<(Response<ProxyBody>, Target<'t>), (LocalReply, Option<Target<'t>>)> {
+        let fail = |reason: Reason| (LocalReply::from(reason), None);
+        let authority = request_authority(&req).ok_or_else(|| fail(Reason::BadRequest))?;
+        let vh = table.host(authority).ok_or_else(|| fail(Reason::NoRoute))?;
         let view = RequestView {
             method: req.method().as_str(),
             path: req.uri().path(),
@@ -78,20 +84,20 @@ impl Outbound {
             .routes
             .iter()
             .find(|r| r.matches(&view))
-            .ok_or((Reason::NoRoute, None))?;
+            .ok_or_else(|| fail(Reason::NoRoute))?;
         let host = vh.name.as_str();
         if let Some(redirect) = &route.redirect {
             let resp = redirect_response(redirect, authority, req.uri());
-            return Ok((
-                resp,
-                Target {
-                    host,
-                    route,
-                    destination: None,
-                },
-            ));
+            let target = Target {
+                host,
+                route,
+                destination: None,
+            };
+            return Ok((resp, target));
         }
-        let destination = route.pick().ok_or((Reason::NoHealthyUpstream, None))?;
+        let destination = route
+            .pick()
+            .ok_or_else(|| fail(Reason::NoHealthyUpstream))?;
         let target = Target {
             host,
             route,
@@ -99,7 +105,7 @@ impl Outbound {
         };
         match self.forward.send(req, route, destination).await {
             Ok(resp) => Ok((resp, target)),
-            Err(reason) => Err((reason, Some(target))),
+            Err(reply) => Err((reply, Some(target))),
         }
     }
 
@@ -159,6 +165,26 @@ pub(super) fn request_authority<B>(req: &Request<B>) -> Option<&str> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty())
+}
+
+/// Gives the request an `x-request-id` (a random UUID) unless it has one.
+fn ensure_request_id(headers: &mut http::HeaderMap) {
+    const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    if headers.contains_key(REQUEST_ID) {
+        return;
+    }
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, value);
+    }
 }
 
 fn port_of(authority: &str) -> u16 {

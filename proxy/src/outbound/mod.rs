@@ -1,8 +1,10 @@
 //! The outbound side: requests from the local application to services of
-//! the mesh. `logical` routes, `endpoint` forwards, `local_reply` answers
-//! what the proxy itself fails.
+//! the mesh. `logical` routes, `forward` applies the route's policies,
+//! `endpoint` makes one attempt at one endpoint, `local_reply` answers what
+//! the proxy itself fails.
 
 pub mod endpoint;
+pub mod forward;
 pub mod headers;
 pub mod local_reply;
 pub mod logical;

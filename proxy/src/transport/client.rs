@@ -9,9 +9,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use trellis_api::Protocol;
 
-use crate::body::ProxyBody;
+use crate::body::RequestBody;
 
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<HttpConnector, RequestBody>;
 
 /// The proxy's client pools.
 #[derive(Clone, Debug)]

@@ -1,0 +1,64 @@
+//! Rule YAML for tests: a service declared by ServiceEntry (one endpoint per
+//! version, labelled `version: <v>`) with a DestinationRule defining one
+//! subset per version, followed by whatever routes a test adds.
+
+use crate::harness::Echo;
+
+/// `ServiceEntry` + `DestinationRule` for `host`, then `extra`.
+pub fn service(host: &str, backends: &[(&str, &Echo)], extra: &str) -> String {
+    service_with_policy(host, backends, "", extra)
+}
+
+/// Only the `ServiceEntry` of [`service`] (for tests that bring their own
+/// DestinationRule, such as Istio's samples).
+pub fn service_entry(host: &str, backends: &[(&str, &Echo)]) -> String {
+    let full = service(host, backends, "");
+    full.split("---\n").next().unwrap_or_default().to_string()
+}
+
+/// As [`service`], with `policy` (YAML lines indented under
+/// `trafficPolicy:`) in the DestinationRule.
+pub fn service_with_policy(
+    host: &str,
+    backends: &[(&str, &Echo)],
+    policy: &str,
+    extra: &str,
+) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|(v, e)| {
+            format!(
+                "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n",
+                e.port()
+            )
+        })
+        .collect();
+    let subsets: String = backends
+        .iter()
+        .map(|(v, _)| format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"))
+        .collect();
+    let policy = if policy.is_empty() {
+        String::new()
+    } else {
+        format!("  trafficPolicy:\n{policy}")
+    };
+    format!(
+        "apiVersion: networking.trellis.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+{endpoints}---
+apiVersion: networking.trellis.io/v1
+kind: DestinationRule
+metadata: {{name: {host}}}
+spec:
+  host: {host}
+{policy}  subsets:
+{subsets}---
+{extra}"
+    )
+}

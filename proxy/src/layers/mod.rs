@@ -1,0 +1,6 @@
+//! Tower middleware of the request path, one folder each in tower's shape
+//! (service in `mod.rs`, `layer.rs`, `future.rs`, `error.rs`): `timeout`
+//! (route and per-try deadlines), `retry` (policy, budget, backoff).
+
+pub mod retry;
+pub mod timeout;

@@ -1,0 +1,111 @@
+//! The retry budget of a destination: over any 10 s window, retries may be
+//! at most 20% of the requests plus 10 per second — so a failing upstream
+//! receives at most 1.2× its normal load + 10/s.
+//!
+//! Not tower's `TpsBudget`: that one keeps a standing reserve on top of the
+//! per-second floor and lets expired generations refill it, which admits
+//! measurably more than the rule above.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const BUCKETS: usize = 10;
+
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_sec: f64,
+    bucket: Duration,
+    created: Instant,
+    window: Mutex<Window>,
+}
+
+/// Requests and retries per bucket (`bucket` long each), newest at `head`.
+#[derive(Debug, Default)]
+struct Window {
+    head: u64,
+    requests: [u64; BUCKETS],
+    retries: [u64; BUCKETS],
+}
+
+impl RetryBudget {
+    /// Retries ≤ `ratio` × requests + `min_per_sec` × seconds, over `ttl`.
+    pub fn new(ttl: Duration, min_per_sec: u32, ratio: f32) -> Self {
+        Self {
+            ratio: f64::from(ratio),
+            min_per_sec: f64::from(min_per_sec),
+            bucket: ttl / BUCKETS as u32,
+            created: Instant::now(),
+            window: Mutex::new(Window::default()),
+        }
+    }
+
+    /// A request was made.
+    pub fn deposit(&self) {
+        self.with_window(|w, i| w.requests[i] += 1);
+    }
+
+    /// Takes one retry; false when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        let elapsed = self.created.elapsed().min(self.bucket * BUCKETS as u32);
+        let floor = self.min_per_sec * elapsed.as_secs_f64().max(1.0);
+        self.with_window(|w, i| {
+            let requests: u64 = w.requests.iter().sum();
+            let retries: u64 = w.retries.iter().sum();
+            let allowed = self.ratio * requests as f64 + floor;
+            if (retries + 1) as f64 <= allowed {
+                w.retries[i] += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Runs `f` on the window rotated to now, with the current bucket index.
+    fn with_window<T>(&self, f: impl FnOnce(&mut Window, usize) -> T) -> T {
+        let now = (self.created.elapsed().as_nanos() / self.bucket.as_nanos().max(1)) as u64;
+        let mut w = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = now.saturating_sub(w.head).min(BUCKETS as u64);
+        for k in 1..=stale {
+            let i = ((w.head + k) % BUCKETS as u64) as usize;
+            w.requests[i] = 0;
+            w.retries[i] = 0;
+        }
+        w.head = w.head.max(now);
+        let i = (now % BUCKETS as u64) as usize;
+        f(&mut w, i)
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10), 10, 0.2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_the_floor_then_a_fifth_of_requests() {
+        let b = RetryBudget::new(Duration::from_secs(10), 10, 0.2);
+        for _ in 0..100 {
+            b.deposit();
+        }
+        // within the first second: floor 10 + 20% of 100
+        let granted = (0..100).filter(|_| b.withdraw()).count();
+        assert_eq!(granted, 30);
+    }
+
+    #[test]
+    fn zero_budget_allows_nothing() {
+        let b = RetryBudget::new(Duration::from_secs(10), 0, 0.0);
+        b.deposit();
+        assert!(!b.withdraw());
+    }
+}

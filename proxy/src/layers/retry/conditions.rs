@@ -1,0 +1,158 @@
+//! `retryOn`: which outcomes of an attempt may be retried (Envoy/Istio
+//! names), and why.
+
+use http::StatusCode;
+
+use crate::body::BoxError;
+use crate::layers::timeout::{Elapsed, TimeoutKind};
+use crate::outbound::local_reply::{LocalError, Reason};
+
+/// Why an attempt is retried (the `reason` label of `trellis_retries_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryReason {
+    /// An upstream response with a retriable status.
+    Status,
+    ConnectFailure,
+    RefusedStream,
+    Reset,
+    PerTryTimeout,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::ConnectFailure => "connect-failure",
+            Self::RefusedStream => "refused-stream",
+            Self::Reset => "reset",
+            Self::PerTryTimeout => "per-try-timeout",
+        }
+    }
+
+    /// The request never reached the upstream application: safe to retry
+    /// whatever its method.
+    pub fn never_reached_upstream(self) -> bool {
+        matches!(self, Self::ConnectFailure | Self::RefusedStream)
+    }
+}
+
+/// Parsed `retryOn`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryConditions {
+    five_xx: bool,
+    gateway_error: bool,
+    reset: bool,
+    connect_failure: bool,
+    refused_stream: bool,
+    retriable_4xx: bool,
+    codes: Vec<u16>,
+}
+
+impl RetryConditions {
+    /// From `retryOn` tokens; unknown tokens are ignored (validation
+    /// rejects them before they get here).
+    pub fn parse<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut c = Self::default();
+        for token in tokens {
+            match token.trim() {
+                "5xx" => c.five_xx = true,
+                "gateway-error" => c.gateway_error = true,
+                "reset" => c.reset = true,
+                "connect-failure" => c.connect_failure = true,
+                "refused-stream" => c.refused_stream = true,
+                "retriable-4xx" => c.retriable_4xx = true,
+                // the codes themselves come as bare numbers
+                "retriable-status-codes" => {}
+                other => c.codes.extend(other.parse::<u16>().ok()),
+            }
+        }
+        c
+    }
+
+    pub fn on_status(&self, status: StatusCode) -> Option<RetryReason> {
+        let code = status.as_u16();
+        let retry = (self.five_xx && status.is_server_error())
+            || (self.gateway_error && matches!(code, 502..=504))
+            || (self.retriable_4xx && code == 409)
+            || self.codes.contains(&code);
+        retry.then_some(RetryReason::Status)
+    }
+
+    pub fn on_error(&self, error: &BoxError) -> Option<RetryReason> {
+        let (reason, allowed) = if let Some(LocalError(r)) = error.downcast_ref::<LocalError>() {
+            match r {
+                Reason::ConnectFailure => (
+                    RetryReason::ConnectFailure,
+                    self.connect_failure || self.five_xx,
+                ),
+                Reason::UpstreamReset if is_refused_stream(error) => (
+                    RetryReason::RefusedStream,
+                    self.refused_stream || self.five_xx,
+                ),
+                Reason::UpstreamReset => (
+                    RetryReason::Reset,
+                    self.reset || self.five_xx || self.gateway_error,
+                ),
+                _ => return None,
+            }
+        } else if error
+            .downcast_ref::<Elapsed>()
+            .is_some_and(|e| e.kind == TimeoutKind::PerTry)
+        {
+            (
+                RetryReason::PerTryTimeout,
+                self.five_xx || self.gateway_error || self.reset,
+            )
+        } else {
+            return None;
+        };
+        allowed.then_some(reason)
+    }
+}
+
+/// An HTTP/2 REFUSED_STREAM: the server did not process the request.
+fn is_refused_stream(error: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = source {
+        if e.to_string().contains("REFUSED_STREAM") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_conditions() {
+        let c = RetryConditions::parse(["gateway-error", "409", "retriable-status-codes"]);
+        assert_eq!(
+            c.on_status(StatusCode::SERVICE_UNAVAILABLE),
+            Some(RetryReason::Status)
+        );
+        assert_eq!(c.on_status(StatusCode::INTERNAL_SERVER_ERROR), None);
+        assert_eq!(c.on_status(StatusCode::CONFLICT), Some(RetryReason::Status));
+        let five = RetryConditions::parse(["5xx"]);
+        assert_eq!(
+            five.on_status(StatusCode::INTERNAL_SERVER_ERROR),
+            Some(RetryReason::Status)
+        );
+        assert_eq!(five.on_status(StatusCode::NOT_FOUND), None);
+    }
+
+    #[test]
+    fn error_conditions() {
+        let connect: BoxError = LocalError(Reason::ConnectFailure).into();
+        let reset: BoxError = LocalError(Reason::UpstreamReset).into();
+        let c = RetryConditions::parse(["connect-failure"]);
+        assert_eq!(c.on_error(&connect), Some(RetryReason::ConnectFailure));
+        assert_eq!(c.on_error(&reset), None);
+        let c = RetryConditions::parse(["5xx"]);
+        assert_eq!(c.on_error(&reset), Some(RetryReason::Reset));
+        assert!(RetryReason::ConnectFailure.never_reached_upstream());
+        assert!(!RetryReason::Reset.never_reached_upstream());
+    }
+}

@@ -1,0 +1,226 @@
+//! The per-request retry policy handed to tower's `Retry`: counts attempts,
+//! classifies outcomes, enforces idempotency and the budget, and sleeps a
+//! jittered exponential backoff between attempts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::Sleep;
+
+use super::{RetryBudget, RetryConditions};
+use crate::body::{BoxError, RequestBody};
+use crate::metrics::Metrics;
+use crate::outbound::local_reply::{LocalError, Reason};
+
+const BACKOFF_BASE: Duration = Duration::from_millis(25);
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+/// Retry state of one request.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    remaining: u32,
+    attempt: u32,
+    conditions: Arc<RetryConditions>,
+    /// The request may be retried after it reached the upstream.
+    replay_safe: bool,
+    budget: Arc<RetryBudget>,
+    metrics: Arc<Metrics>,
+}
+
+impl RetryPolicy {
+    /// Policy for one request; records the request in the budget.
+    pub fn new(
+        retries: u32,
+        conditions: Arc<RetryConditions>,
+        replay_safe: bool,
+        budget: Arc<RetryBudget>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        budget.deposit();
+        Self {
+            remaining: retries,
+            attempt: 0,
+            conditions,
+            replay_safe,
+            budget,
+            metrics,
+        }
+    }
+}
+
+/// Idempotent methods (RFC 9110 §9.2.2): safe to send twice.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for RetryPolicy {
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut Request<RequestBody>,
+        result: &mut Result<Response<B>, BoxError>,
+    ) -> Option<Sleep> {
+        let reason = match result {
+            Ok(resp) => self.conditions.on_status(resp.status()),
+            Err(e) => self.conditions.on_error(e),
+        }?;
+        if !self.replay_safe && !reason.never_reached_upstream() {
+            return None;
+        }
+        if self.remaining == 0 || !self.budget.withdraw() {
+            // An upstream answer is returned as it is; a failure says why.
+            if result.is_err() {
+                *result = Err(LocalError(Reason::RetriesExhausted).into());
+            }
+            return None;
+        }
+        self.remaining -= 1;
+        self.attempt += 1;
+        self.metrics.retry(reason.as_str());
+        Some(tokio::time::sleep(backoff(self.attempt)))
+    }
+
+    fn clone_request(&mut self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let mut clone = Request::new(req.body().try_clone()?);
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        if let Some(tried) = req
+            .extensions()
+            .get::<crate::outbound::endpoint::TriedEndpoints>()
+        {
+            clone.extensions_mut().insert(tried.clone());
+        }
+        Some(clone)
+    }
+}
+
+/// Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))].
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A service that answers the statuses it is given, in order, counting calls.
+    fn scripted(
+        statuses: Vec<u16>,
+    ) -> (
+        impl tower::Service<
+                Request<RequestBody>,
+                Response = Response<()>,
+                Error = BoxError,
+                Future = impl Send,
+            > + Clone,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        let statuses = Arc::new(statuses);
+        let svc = tower::service_fn(move |_req: Request<RequestBody>| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let status = statuses.get(n).copied().unwrap_or(200);
+            async move {
+                let mut resp = Response::new(());
+                *resp.status_mut() = http::StatusCode::from_u16(status).expect("valid status");
+                Ok::<_, BoxError>(resp)
+            }
+        });
+        (svc, calls)
+    }
+
+    fn policy(
+        retries: u32,
+        on: &[&str],
+        replay_safe: bool,
+        budget: Arc<RetryBudget>,
+    ) -> RetryPolicy {
+        RetryPolicy::new(
+            retries,
+            Arc::new(RetryConditions::parse(on.iter().copied())),
+            replay_safe,
+            budget,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_success() {
+        let (svc, calls) = scripted(vec![503, 503, 200]);
+        let p = policy(3, &["5xx"], true, Arc::default());
+        let resp = tower::retry::Retry::new(p, svc)
+            .oneshot(Request::new(RequestBody::empty()))
+            .await
+            .expect("ok");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_returns_last_response() {
+        let (svc, calls) = scripted(vec![503, 503, 503, 503]);
+        let p = policy(2, &["5xx"], true, Arc::default());
+        let resp = tower::retry::Retry::new(p, svc)
+            .oneshot(Request::new(RequestBody::empty()))
+            .await
+            .expect("ok");
+        assert_eq!(resp.status(), 503);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsafe_requests_are_not_retried_after_reaching_upstream() {
+        let (svc, calls) = scripted(vec![503, 200]);
+        let p = policy(3, &["5xx"], false, Arc::default());
+        let resp = tower::retry::Retry::new(p, svc)
+            .oneshot(Request::new(RequestBody::empty()))
+            .await
+            .expect("ok");
+        assert_eq!(resp.status(), 503);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_caps_retries() {
+        // no minimum, 0% ratio: no retry is ever allowed
+        let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
+        let (svc, calls) = scripted(vec![503, 200]);
+        let p = policy(3, &["5xx"], true, budget);
+        let resp = tower::retry::Retry::new(p, svc)
+            .oneshot(Request::new(RequestBody::empty()))
+            .await
+            .expect("ok");
+        assert_eq!(resp.status(), 503);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 1..20 {
+            let d = backoff(attempt);
+            assert!(d <= BACKOFF_CAP, "{d:?}");
+        }
+        assert!(backoff(1) <= BACKOFF_BASE);
+    }
+}

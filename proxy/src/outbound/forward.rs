@@ -1,0 +1,166 @@
+//! Sends a routed request to its destination through the route's
+//! policies: fault injection, then route timeout -> retries -> per-try
+//! timeout -> one attempt at an endpoint (`endpoint::Attempt`).
+
+use std::sync::Arc;
+
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tower::util::Either;
+use tower::ServiceExt;
+use trellis_api::Protocol;
+
+use super::endpoint::{Attempt, TriedEndpoints};
+use super::headers;
+use super::local_reply::Reason;
+use crate::body::{self, ProxyBody, RequestBody, REPLAY_LIMIT};
+use crate::discovery::model::{Route, WeightedCluster};
+use crate::layers::retry::{policy_for, RetryPolicy};
+use crate::layers::timeout::{Timeout, TimeoutKind};
+use crate::metrics::Metrics;
+use crate::transport::client::Clients;
+
+/// A reply the proxy makes itself instead of an upstream response.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalReply {
+    pub reason: Reason,
+    /// Usually `reason.status()`; an injected abort sets its own.
+    pub status: StatusCode,
+}
+
+impl From<Reason> for LocalReply {
+    fn from(reason: Reason) -> Self {
+        Self {
+            reason,
+            status: reason.status(),
+        }
+    }
+}
+
+/// Sends requests through their route's policies.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    clients: Clients,
+    metrics: Arc<Metrics>,
+}
+
+impl Forward {
+    pub fn new(clients: Clients, metrics: Arc<Metrics>) -> Self {
+        Self { clients, metrics }
+    }
+
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        destination: &WeightedCluster,
+    ) -> Result<Response<ProxyBody>, LocalReply> {
+        if let Some(fault) = &route.fault {
+            if let Some((percent, delay)) = fault.delay {
+                if chance(percent) {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            if let Some((percent, status)) = fault.abort {
+                if chance(percent) {
+                    return Err(LocalReply {
+                        reason: Reason::FaultAbort,
+                        status,
+                    });
+                }
+            }
+        }
+        let (mut parts, incoming) = req.into_parts();
+        prepare(&mut parts, route, destination)?;
+        let replay_safe = route.retry.as_ref().is_some_and(|r| r.non_idempotent)
+            || crate::layers::retry::is_idempotent(&parts.method);
+        let body = match &route.retry {
+            Some(_) => RequestBody::read(incoming, REPLAY_LIMIT)
+                .await
+                .map_err(|_| Reason::BadRequest)?,
+            None => RequestBody::Streaming {
+                prefix: None,
+                rest: incoming,
+            },
+        };
+        let mut upstream = Request::from_parts(parts, body);
+        upstream.extensions_mut().insert(TriedEndpoints::default());
+
+        let attempt = Attempt::new(self.clients.clone(), destination.cluster.clone());
+        let inner = match &route.retry {
+            Some(retry) => {
+                let policy: RetryPolicy = policy_for(
+                    retry,
+                    replay_safe,
+                    &destination.cluster.budget,
+                    &self.metrics,
+                );
+                let per_try = Timeout::new(attempt, retry.per_try_timeout, TimeoutKind::PerTry);
+                Either::Left(tower::retry::Retry::new(policy, per_try))
+            }
+            None => Either::Right(attempt),
+        };
+        let stack = Timeout::new(inner, route.timeout, TimeoutKind::Route);
+        let resp = stack.oneshot(upstream).await.map_err(|e| Reason::of(&e))?;
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::apply(&mut parts.headers, destination.response_headers.as_ref());
+        headers::apply(&mut parts.headers, route.response_headers.as_ref());
+        Ok(Response::from_parts(parts, body::stream(body)))
+    }
+}
+
+/// True for `percent`% of calls.
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
+}
+
+/// Host, path rewrite, hop-by-hop headers, header operations and protocol
+/// of the upstream request. The endpoint is filled in per attempt.
+fn prepare(
+    parts: &mut http::request::Parts,
+    route: &Route,
+    destination: &WeightedCluster,
+) -> Result<(), Reason> {
+    // An HTTP/2 request names its authority only in the URI: keep it as Host.
+    if !parts.headers.contains_key(HOST) {
+        if let Some(a) = parts.uri.authority() {
+            let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadRequest)?;
+            parts.headers.insert(HOST, host);
+        }
+    }
+    if let Some(authority) = route
+        .rewrite
+        .as_ref()
+        .map(|r| r.authority.as_str())
+        .filter(|a| !a.is_empty())
+    {
+        let host = HeaderValue::from_str(authority).map_err(|_| Reason::BadRequest)?;
+        parts.headers.insert(HOST, host);
+    }
+    let path_and_query = match route.rewrite_path(parts.uri.path()) {
+        Some(path) => match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }
+        .parse()
+        .map_err(|_| Reason::BadRequest)?,
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    parts.uri = Uri::from(path_and_query);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = match destination.cluster.protocol {
+        Protocol::Http2 => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    headers::apply(&mut parts.headers, route.request_headers.as_ref());
+    headers::apply(&mut parts.headers, destination.request_headers.as_ref());
+    Ok(())
+}
