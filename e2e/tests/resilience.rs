@@ -42,13 +42,13 @@ async fn retries_hide_transient_503s() -> Result<()> {
     );
     let proxy = Proxy::start(&rules::service("reviews", &[("v1", &v1)], &vs))?;
     let client = client::http1();
-    // 300 requests at 30/s: half of them fail their first attempt with 503.
+    // 200 requests at 20/s: half of them fail their first attempt with 503.
     // (At this rate the default retry budget, 20% + 10/s, does not bind.)
-    let n = 300u64;
+    let n = 200u64;
     let start = tokio::time::Instant::now();
     let mut ok = 0;
     for i in 0..n {
-        tokio::time::sleep_until(start + Duration::from_millis(i * 1000 / 30)).await;
+        tokio::time::sleep_until(start + Duration::from_millis(i * 1000 / 20)).await;
         let r = get(
             &client,
             proxy.outbound,
@@ -63,7 +63,7 @@ async fn retries_hide_transient_503s() -> Result<()> {
     assert!(rate >= 0.995, "success {rate}");
     let retried = proxy.metric_sum("trellis_retries_total", &["reason=\"status\""])?;
     assert!(
-        (100.0..200.0).contains(&retried),
+        (60.0..140.0).contains(&retried),
         "retries counted: {retried}"
     );
     Ok(())
