@@ -2,14 +2,14 @@
 //! yet tried by this request when there is one) and sends the request over
 //! a pooled connection, streaming the body.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use futures_util::future::{self, Either, MapErr, Ready, TryFutureExt};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::ResponseFuture;
 
 use super::local_reply::{LocalError, Reason};
 use crate::body::{BoxError, RequestBody};
@@ -45,7 +45,25 @@ impl Attempt {
     }
 }
 
-type AttemptFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+/// The client's response future with errors classified, or an immediate failure.
+pub type AttemptFuture = Either<
+    MapErr<ResponseFuture, fn(hyper_util::client::legacy::Error) -> BoxError>,
+    Ready<Result<Response<Incoming>, BoxError>>,
+>;
+
+fn fail(reason: Reason) -> AttemptFuture {
+    Either::Right(future::ready(Err(LocalError(reason).into())))
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> BoxError {
+    tracing::debug!(error = %e, "upstream request failed");
+    let reason = if e.is_connect() {
+        Reason::ConnectFailure
+    } else {
+        Reason::UpstreamReset
+    };
+    LocalError(reason).into()
+}
 
 impl tower::Service<Request<RequestBody>> for Attempt {
     type Response = Response<Incoming>;
@@ -63,7 +81,7 @@ impl tower::Service<Request<RequestBody>> for Attempt {
             .map(TriedEndpoints::snapshot)
             .unwrap_or_default();
         let Some(endpoint) = self.cluster.next_endpoint_avoiding(&avoid) else {
-            return Box::pin(async { Err(LocalError(Reason::NoHealthyUpstream).into()) });
+            return fail(Reason::NoHealthyUpstream);
         };
         let authority = endpoint.authority.clone();
         if let Some(tried) = &tried {
@@ -74,20 +92,9 @@ impl tower::Service<Request<RequestBody>> for Attempt {
         parts.authority = Some(authority);
         match Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return Box::pin(async { Err(LocalError(Reason::BadRequest).into()) }),
+            Err(_) => return fail(Reason::BadRequest),
         }
         let request = self.clients.get(self.cluster.protocol).request(req);
-        let cluster = self.cluster.clone();
-        Box::pin(async move {
-            request.await.map_err(|e| {
-                tracing::debug!(cluster = %cluster.name, error = %e, "upstream request failed");
-                let reason = if e.is_connect() {
-                    Reason::ConnectFailure
-                } else {
-                    Reason::UpstreamReset
-                };
-                BoxError::from(LocalError(reason))
-            })
-        })
+        Either::Left(request.map_err(classify as fn(_) -> BoxError))
     }
 }

@@ -86,7 +86,9 @@ impl Forward {
             },
         };
         let mut upstream = Request::from_parts(parts, body);
-        upstream.extensions_mut().insert(TriedEndpoints::default());
+        if route.retry.is_some() {
+            upstream.extensions_mut().insert(TriedEndpoints::default());
+        }
 
         let attempt = Attempt::new(self.clients.clone(), destination.cluster.clone());
         let inner = match &route.retry {

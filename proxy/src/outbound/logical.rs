@@ -173,16 +173,23 @@ fn ensure_request_id(headers: &mut http::HeaderMap) {
     if headers.contains_key(REQUEST_ID) {
         return;
     }
-    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        0x8000 | (b >> 48) & 0x3fff,
-        b & 0xffff_ffff_ffff
-    );
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    // A version-4 UUID, written without intermediate strings.
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(b >> 4)];
+        text[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&text) {
         headers.insert(REQUEST_ID, value);
     }
 }
