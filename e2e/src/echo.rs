@@ -10,6 +10,9 @@
 //! | `bytes`      | answer this many bytes of the deterministic payload     |
 //! | `fail-once`  | with this probability per `x-request-id`, fail the first request carrying that id (`fail-status`), answer its repeats |
 //!
+//! `GET /_echo/set?status=N` makes N the instance's answer to every later
+//! request (as if it broke, or recovered: `status=200`).
+//!
 //! `GET /_echo/stats` returns `{"requests": N, "by_method": {..}, "cancelled": C}`:
 //! requests received so far, and how many were abandoned by the client
 //! (connection or stream closed) before the answer was ready.
@@ -40,6 +43,8 @@ pub struct Echo {
     requests: AtomicU64,
     cancelled: Arc<AtomicU64>,
     by_method: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Status of every answer unless a request says otherwise (0 = 200).
+    default_status: std::sync::atomic::AtomicU16,
     /// Request ids seen by `fail-once`.
     seen_ids: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -67,6 +72,7 @@ impl Echo {
             cancelled: Arc::new(AtomicU64::new(0)),
             by_method: Default::default(),
             seen_ids: Default::default(),
+            default_status: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -99,6 +105,21 @@ impl Echo {
                 "by_method": *self.by_method.lock().expect("not poisoned"),
             });
             return self.respond(StatusCode::OK, full(format!("{stats}\n")));
+        }
+        if req.uri().path() == "/_echo/set" {
+            let status = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("status="))
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|s| StatusCode::from_u16(*s).is_ok());
+            return match status {
+                Some(s) => {
+                    self.default_status.store(s, Ordering::SeqCst);
+                    self.respond(StatusCode::OK, full("ok\n"))
+                }
+                None => self.respond(StatusCode::BAD_REQUEST, full("want ?status=NNN\n")),
+            };
         }
         self.requests.fetch_add(1, Ordering::SeqCst);
         *self
@@ -172,7 +193,9 @@ impl Echo {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        let default = Some(self.default_status.load(Ordering::SeqCst)).filter(|s| *s != 0);
         let mut code = status
+            .or(default)
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK);
         if fail_rate.is_some_and(|rate| fastrand::f64() < rate) {

@@ -8,6 +8,8 @@ use serde_json::json;
 
 use crate::body::{self, ProxyBody};
 use crate::discovery::{ConfigStore, RouteTable};
+use crate::layers::balance::Balancer;
+use crate::layers::outlier::Health;
 use crate::metrics::Metrics;
 
 /// State the admin endpoint reports on.
@@ -36,11 +38,16 @@ impl Admin {
                 "text/plain",
                 "no config yet\n".into(),
             ),
-            "/metrics" => reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
-            ),
+            "/metrics" => {
+                let table = self.store.load();
+                self.metrics
+                    .set_endpoints(table.clusters.iter().map(AsRef::as_ref));
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics.encode(),
+                )
+            }
             "/config_dump" => {
                 let dump = config_dump(&self.store.load());
                 let text = serde_json::to_string_pretty(&dump).unwrap_or_default();
@@ -62,7 +69,30 @@ fn reply(status: StatusCode, content_type: &'static str, text: String) -> Respon
 }
 
 /// The config in use as JSON: version, source, hosts with routes, endpoints.
+fn balancer_name(b: &Balancer) -> &'static str {
+    match b {
+        Balancer::RoundRobin(_) => "ROUND_ROBIN",
+        Balancer::Random => "RANDOM",
+        Balancer::LeastRequest => "LEAST_REQUEST",
+        Balancer::PeakEwma => "PEAK_EWMA",
+        Balancer::RingHash(_) => "RING_HASH",
+    }
+}
+
+/// "healthy", "probing", or "ejected for 12.3s more".
+fn health(h: Health, now: std::time::Instant) -> String {
+    match h {
+        Health::Healthy => "healthy".into(),
+        Health::Probing => "probing".into(),
+        Health::Ejected { until } if until > now => {
+            format!("ejected for {:.1}s more", (until - now).as_secs_f64())
+        }
+        Health::Ejected { .. } => "ejected (expired, awaiting probe)".into(),
+    }
+}
+
 pub fn config_dump(table: &RouteTable) -> serde_json::Value {
+    let now = std::time::Instant::now();
     let hosts: Vec<_> = table
         .virtual_hosts
         .iter()
@@ -92,10 +122,14 @@ pub fn config_dump(table: &RouteTable) -> serde_json::Value {
                 "service": c.service,
                 "subset": c.subset,
                 "protocol": c.protocol.as_str_name(),
+                "balancer": balancer_name(&c.balancer),
                 "endpoints": c.endpoints.iter().map(|e| json!({
                     "address": e.authority.as_str(),
                     "labels": e.labels,
+                    "in_flight": e.state.load.in_flight(),
+                    "state": health(e.state.outlier.health(), now),
                 })).collect::<Vec<_>>(),
+                "retry_budget": c.budget.describe(),
             })
         })
         .collect();

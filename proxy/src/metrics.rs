@@ -35,6 +35,21 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming a destination.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination_service: String,
+    pub destination_subset: String,
+}
+
+/// Labels of `trellis_endpoints`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub destination_service: String,
+    pub destination_subset: String,
+    pub state: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
@@ -48,6 +63,9 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_version: Gauge,
     pub retries: Family<RetryLabels, Counter>,
+    pub outlier_ejections: Family<DestinationLabels, Counter>,
+    pub outlier_panic: Family<DestinationLabels, Counter>,
+    pub endpoints: Family<EndpointLabels, Gauge>,
     registry: Registry,
 }
 
@@ -73,6 +91,20 @@ impl Metrics {
             "Retries by what made them necessary",
             retries.clone(),
         );
+        let outlier_ejections = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            outlier_ejections.clone(),
+        );
+        let outlier_panic = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "outlier_panic",
+            "Requests sent while every endpoint of the destination was ejected",
+            outlier_panic.clone(),
+        );
+        let endpoints = Family::<EndpointLabels, Gauge>::default();
+        registry.register("endpoints", "Endpoints by outlier state", endpoints.clone());
         registry.register(
             "requests",
             "Requests handled by the proxy",
@@ -100,6 +132,9 @@ impl Metrics {
             config_reloads,
             config_version,
             retries,
+            outlier_ejections,
+            outlier_panic,
+            endpoints,
             registry,
         }
     }
@@ -114,6 +149,40 @@ impl Metrics {
 
     pub fn retry(&self, reason: &'static str) {
         self.retries.get_or_create(&RetryLabels { reason }).inc();
+    }
+
+    pub fn ejection(&self, service: &str, subset: &str) {
+        self.outlier_ejections
+            .get_or_create(&destination(service, subset))
+            .inc();
+    }
+
+    pub fn panic(&self, service: &str, subset: &str) {
+        self.outlier_panic
+            .get_or_create(&destination(service, subset))
+            .inc();
+    }
+
+    /// Sets `trellis_endpoints` from the clusters in use (called per scrape).
+    pub fn set_endpoints<'a>(&self, clusters: impl Iterator<Item = &'a crate::discovery::Cluster>) {
+        self.endpoints.clear();
+        for c in clusters {
+            let (healthy, ejected, probing) = c.health_counts();
+            for (state, n) in [
+                ("healthy", healthy),
+                ("ejected", ejected),
+                ("probing", probing),
+            ] {
+                let labels = EndpointLabels {
+                    destination_service: c.service.clone(),
+                    destination_subset: c.subset.clone(),
+                    state,
+                };
+                self.endpoints
+                    .get_or_create(&labels)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     pub fn reload(&self, ok: bool) {
@@ -173,6 +242,13 @@ impl DurationLabels {
             response_code,
             reason,
         }
+    }
+}
+
+fn destination(service: &str, subset: &str) -> DestinationLabels {
+    DestinationLabels {
+        destination_service: service.to_string(),
+        destination_subset: subset.to_string(),
     }
 }
 

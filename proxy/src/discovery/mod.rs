@@ -2,6 +2,7 @@
 //! [`ConfigStore`] holds the current [`RouteTable`], swapped atomically on
 //! every accepted config; sources (today the static file) feed it.
 
+pub mod cluster;
 pub mod matcher;
 pub mod model;
 pub mod static_file;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use model::{Cluster, Endpoint, ModelError, Route, RouteTable, VirtualHost};
+pub use cluster::{Cluster, Endpoint};
+pub use model::{ModelError, Route, RouteTable, VirtualHost};
 
 /// The configuration in use. Readers take a snapshot per request; a new
 /// config replaces it atomically, so in-flight requests finish on the one

@@ -2,15 +2,15 @@
 //! into lookup tables with compiled matchers and shared cluster state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use trellis_api as api;
 
+use super::cluster::Cluster;
 use super::matcher::{CompiledMatch, MatchError, RequestView};
 use crate::config::NodeConfig;
-use crate::layers::retry::{RetryBudget, RetryConditions};
+use crate::layers::retry::RetryConditions;
 use crate::metrics::RouteSeries;
 
 /// Why a config cannot be run (the reasons of a NACK).
@@ -90,47 +90,6 @@ pub struct WeightedCluster {
     pub series: OnceLock<RouteSeries>,
 }
 
-/// A (service, subset) and its endpoints.
-#[derive(Debug)]
-pub struct Cluster {
-    pub name: String,
-    pub service: String,
-    pub subset: String,
-    pub protocol: api::Protocol,
-    pub endpoints: Vec<Endpoint>,
-    /// Caps retries to this destination.
-    pub budget: Arc<RetryBudget>,
-    next: AtomicUsize,
-}
-
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// `address:port`, the URI authority used to reach it.
-    pub authority: http::uri::Authority,
-    pub labels: HashMap<String, String>,
-}
-
-impl Cluster {
-    /// The next endpoint, round robin; `None` when there are none.
-    pub fn next_endpoint(&self) -> Option<&Endpoint> {
-        self.next_endpoint_avoiding(&[])
-    }
-
-    /// The next endpoint round robin, skipping those in `avoid` unless
-    /// every endpoint is in it.
-    pub fn next_endpoint_avoiding(&self, avoid: &[http::uri::Authority]) -> Option<&Endpoint> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| &self.endpoints[(start + k) % n])
-            .find(|e| !avoid.contains(&e.authority))
-            .or_else(|| self.endpoints.get(start % n))
-    }
-}
-
 impl Route {
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
@@ -172,19 +131,26 @@ impl Route {
 }
 
 impl RouteTable {
-    /// Compiles a pushed or loaded config for the sidecar `node`.
-    pub fn build(config: &api::ProxyConfig, node: &NodeConfig) -> Result<Self, Vec<ModelError>> {
+    /// Compiles a pushed or loaded config for the sidecar `node`, carrying
+    /// endpoint state and retry budgets over from `previous`.
+    pub fn build(
+        config: &api::ProxyConfig,
+        node: &NodeConfig,
+        previous: Option<&RouteTable>,
+    ) -> Result<Self, Vec<ModelError>> {
         let mut errors = Vec::new();
         let clusters: HashMap<&str, Arc<Cluster>> = config
             .clusters
             .iter()
-            .filter_map(|c| match cluster(c) {
-                Ok(built) => Some((c.name.as_str(), Arc::new(built))),
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            })
+            .filter_map(
+                |c| match Cluster::build(c, previous.and_then(|p| p.cluster(&c.name))) {
+                    Ok(built) => Some((c.name.as_str(), Arc::new(built))),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+            )
             .collect();
         let mut virtual_hosts = Vec::new();
         for vh in &config.hosts {
@@ -232,6 +198,14 @@ impl RouteTable {
         })
     }
 
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters
+            .binary_search_by(|c| c.name.as_str().cmp(name))
+            .ok()
+            .map(|i| self.clusters[i].as_ref())
+    }
+
     /// The host a request names (`Host` or `:authority`, port ignored).
     pub fn host(&self, authority: &str) -> Option<&Arc<VirtualHost>> {
         let name = strip_port(authority).trim_end_matches('.');
@@ -274,38 +248,6 @@ fn domains(vh: &api::VirtualHost) -> Vec<String> {
         names.push(format!("{service}.{namespace}.svc"));
     }
     names
-}
-
-fn cluster(c: &api::Cluster) -> Result<Cluster, ModelError> {
-    let endpoints = c
-        .endpoints
-        .iter()
-        .map(|e| {
-            let text = if e.address.contains(':') {
-                format!("[{}]:{}", e.address, e.port)
-            } else {
-                format!("{}:{}", e.address, e.port)
-            };
-            let authority = text.parse().map_err(|_| ModelError::BadEndpoint {
-                cluster: c.name.clone(),
-                address: e.address.clone(),
-                port: e.port,
-            })?;
-            Ok(Endpoint {
-                authority,
-                labels: e.labels.clone(),
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Cluster {
-        name: c.name.clone(),
-        service: c.service.clone(),
-        subset: c.subset.clone(),
-        protocol: c.protocol(),
-        endpoints,
-        budget: Arc::new(RetryBudget::default()),
-        next: AtomicUsize::new(fastrand::usize(..)),
-    })
 }
 
 fn route(

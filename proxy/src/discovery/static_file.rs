@@ -112,7 +112,8 @@ impl StaticFile {
         let mut config = compile(&rules, &Endpoints::from_service_entries(&rules));
         config.version = self.version + 1;
         config.source = format!("file:{name}");
-        let table = RouteTable::build(&config, &self.node)
+        let previous = self.store.load();
+        let table = RouteTable::build(&config, &self.node, Some(&previous))
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         self.version += 1;
         self.store.store(table);

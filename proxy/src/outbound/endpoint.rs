@@ -1,19 +1,27 @@
-//! One attempt of a request: picks an endpoint of the destination (one not
-//! yet tried by this request when there is one) and sends the request over
-//! a pooled connection, streaming the body.
+//! One attempt of a request: the destination's balancer picks an endpoint
+//! (one not yet tried by this request when there is one, never an ejected
+//! one unless all are), the request goes over a pooled connection with its
+//! body streamed, and the outcome feeds the endpoint's load and outlier
+//! state.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::future::{self, Either, MapErr, Ready, TryFutureExt};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::ResponseFuture;
+use pin_project_lite::pin_project;
 
 use super::local_reply::{LocalError, Reason};
 use crate::body::{BoxError, RequestBody};
-use crate::discovery::model::Cluster;
+use crate::discovery::cluster::{Cluster, EndpointState};
+use crate::layers::outlier::{Outcome, Transition};
+use crate::metrics::Metrics;
 use crate::transport::client::Clients;
 
 /// Endpoints this request has been sent to, shared by its attempts.
@@ -32,27 +40,112 @@ impl TriedEndpoints {
     }
 }
 
+/// The consistent-hash key of a request, computed once per request.
+#[derive(Clone, Copy, Debug)]
+pub struct HashKey(pub u64);
+
 /// Sends one attempt to an endpoint of `cluster`.
 #[derive(Clone, Debug)]
 pub struct Attempt {
     clients: Clients,
     cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
 }
 
 impl Attempt {
-    pub fn new(clients: Clients, cluster: Arc<Cluster>) -> Self {
-        Self { clients, cluster }
+    pub fn new(clients: Clients, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            clients,
+            cluster,
+            metrics,
+        }
     }
 }
 
-/// The client's response future with errors classified, or an immediate failure.
-pub type AttemptFuture = Either<
+type Inner = Either<
     MapErr<ResponseFuture, fn(hyper_util::client::legacy::Error) -> BoxError>,
     Ready<Result<Response<Incoming>, BoxError>>,
 >;
 
+pin_project! {
+    /// The client's response future with errors classified; reports the
+    /// outcome to the endpoint's load and outlier state when it completes
+    /// (or only releases the load when it is dropped unfinished).
+    pub struct AttemptFuture {
+        #[pin]
+        inner: Inner,
+        report: Option<Report>,
+    }
+
+    impl PinnedDrop for AttemptFuture {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(report) = this.project().report.take() {
+                report.abandoned();
+            }
+        }
+    }
+}
+
+impl Future for AttemptFuture {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(report) = this.report.take() {
+            report.finished(&result);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Where an attempt went, for reporting its outcome.
+struct Report {
+    cluster: Arc<Cluster>,
+    index: usize,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Report {
+    fn state(&self) -> &EndpointState {
+        &self.cluster.endpoints[self.index].state
+    }
+
+    fn finished(self, result: &Result<Response<Incoming>, BoxError>) {
+        self.state().load.finish(self.started.elapsed());
+        let outcome = match result {
+            Ok(r) if r.status().is_server_error() => Outcome::ServerError {
+                gateway: matches!(r.status().as_u16(), 502..=504),
+            },
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::GatewayFailure,
+        };
+        let endpoint = &self.cluster.endpoints[self.index].authority;
+        match self.cluster.report(self.index, outcome) {
+            Transition::Ejected(duration) => {
+                self.metrics
+                    .ejection(&self.cluster.service, &self.cluster.subset);
+                tracing::warn!(cluster = %self.cluster.name, %endpoint, ?duration, "endpoint ejected");
+            }
+            Transition::Restored => {
+                tracing::info!(cluster = %self.cluster.name, %endpoint, "endpoint restored after a successful probe");
+            }
+            Transition::None => {}
+        }
+    }
+
+    fn abandoned(self) {
+        self.state().load.finish(self.started.elapsed());
+        self.state().outlier.probe_abandoned(Instant::now());
+    }
+}
+
 fn fail(reason: Reason) -> AttemptFuture {
-    Either::Right(future::ready(Err(LocalError(reason).into())))
+    AttemptFuture {
+        inner: Either::Right(future::ready(Err(LocalError(reason).into()))),
+        report: None,
+    }
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> BoxError {
@@ -80,21 +173,35 @@ impl tower::Service<Request<RequestBody>> for Attempt {
             .as_ref()
             .map(TriedEndpoints::snapshot)
             .unwrap_or_default();
-        let Some(endpoint) = self.cluster.next_endpoint_avoiding(&avoid) else {
+        let key = req.extensions().get::<HashKey>().map(|k| k.0);
+        let Some(selected) = self.cluster.select(key, &avoid) else {
             return fail(Reason::NoHealthyUpstream);
         };
-        let authority = endpoint.authority.clone();
+        if selected.panic {
+            self.metrics
+                .panic(&self.cluster.service, &self.cluster.subset);
+        }
+        let endpoint = &self.cluster.endpoints[selected.index];
         if let Some(tried) = &tried {
-            tried.push(authority.clone());
+            tried.push(endpoint.authority.clone());
         }
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority);
+        parts.authority = Some(endpoint.authority.clone());
         match Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => return fail(Reason::BadRequest),
         }
+        endpoint.state.load.start();
         let request = self.clients.get(self.cluster.protocol).request(req);
-        Either::Left(request.map_err(classify as fn(_) -> BoxError))
+        AttemptFuture {
+            inner: Either::Left(request.map_err(classify as fn(_) -> BoxError)),
+            report: Some(Report {
+                cluster: self.cluster.clone(),
+                index: selected.index,
+                started: Instant::now(),
+                metrics: self.metrics.clone(),
+            }),
+        }
     }
 }

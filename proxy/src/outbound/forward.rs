@@ -12,15 +12,18 @@ use tower::util::Either;
 use tower::ServiceExt;
 use trellis_api::Protocol;
 
-use super::endpoint::{Attempt, TriedEndpoints};
+use super::endpoint::{Attempt, HashKey, TriedEndpoints};
 use super::headers;
 use super::local_reply::Reason;
 use crate::body::{self, ProxyBody, RequestBody, REPLAY_LIMIT};
+use crate::discovery::cluster::HashPolicy;
 use crate::discovery::model::{Route, WeightedCluster};
+use crate::layers::balance::stable_hash;
 use crate::layers::retry::{policy_for, RetryPolicy};
 use crate::layers::timeout::{Timeout, TimeoutKind};
 use crate::metrics::Metrics;
 use crate::transport::client::Clients;
+use crate::transport::listen::PeerAddr;
 
 /// A reply the proxy makes itself instead of an upstream response.
 #[derive(Clone, Copy, Debug)]
@@ -89,8 +92,17 @@ impl Forward {
         if route.retry.is_some() {
             upstream.extensions_mut().insert(TriedEndpoints::default());
         }
+        if let Some(policy) = &destination.cluster.hash {
+            if let Some(key) = hash_key(policy, &upstream) {
+                upstream.extensions_mut().insert(HashKey(key));
+            }
+        }
 
-        let attempt = Attempt::new(self.clients.clone(), destination.cluster.clone());
+        let attempt = Attempt::new(
+            self.clients.clone(),
+            destination.cluster.clone(),
+            self.metrics.clone(),
+        );
         let inner = match &route.retry {
             Some(retry) => {
                 let policy: RetryPolicy = policy_for(
@@ -112,6 +124,31 @@ impl Forward {
         headers::apply(&mut parts.headers, destination.response_headers.as_ref());
         headers::apply(&mut parts.headers, route.response_headers.as_ref());
         Ok(Response::from_parts(parts, body::stream(body)))
+    }
+}
+
+/// The consistent-hash key of a request, if it carries one.
+fn hash_key<B>(policy: &HashPolicy, req: &Request<B>) -> Option<u64> {
+    match policy {
+        HashPolicy::Header(name) => req.headers().get(name).map(|v| stable_hash(v.as_bytes())),
+        HashPolicy::Cookie(name) => req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| stable_hash(v))
+            }),
+        HashPolicy::SourceIp => req
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|p| stable_hash(p.0.ip())),
+        HashPolicy::QueryParameter(name) => req.uri().query()?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| stable_hash(v))
+        }),
     }
 }
 

@@ -17,6 +17,10 @@ use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 
+/// The client's address, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// A hyper service calling `handle(state, request)` for every request.
 pub fn service_with<T, F, Fut>(
     state: Arc<T>,
@@ -74,7 +78,12 @@ pub async fn serve<S>(
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(listener = name, %peer, error = %e, "set_nodelay failed");
                     }
-                    let conn = builder.serve_connection(TokioIo::new(stream), service.clone()).into_owned();
+                    let inner = service.clone();
+                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        inner.call(req)
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         if let Err(e) = watcher.watch(conn).await {

@@ -60,7 +60,7 @@ fn table(node: &NodeConfig) -> RouteTable {
         &rules,
         &trellis_crds::Endpoints::from_service_entries(&rules),
     );
-    RouteTable::build(&config, node).expect("builds")
+    RouteTable::build(&config, node, None).expect("builds")
 }
 
 fn route_name(t: &RouteTable, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
@@ -158,7 +158,7 @@ fn weighted_pick_follows_weights() {
         &rules,
         &trellis_crds::Endpoints::from_service_entries(&rules),
     );
-    let t = RouteTable::build(&config, &node("shop", &[])).expect("builds");
+    let t = RouteTable::build(&config, &node("shop", &[]), None).expect("builds");
     let route = t
         .host("reviews")
         .expect("host")
@@ -189,7 +189,7 @@ fn invalid_regex_is_refused() {
         }],
         ..Default::default()
     });
-    let errors = RouteTable::build(&config, &node("default", &[])).unwrap_err();
+    let errors = RouteTable::build(&config, &node("default", &[]), None).unwrap_err();
     assert!(
         errors[0].to_string().contains("invalid regex"),
         "{}",

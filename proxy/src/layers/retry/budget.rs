@@ -62,6 +62,18 @@ impl RetryBudget {
         })
     }
 
+    /// Requests and retries in the current window, for `/config_dump`.
+    pub fn describe(&self) -> serde_json::Value {
+        self.with_window(|w, _| {
+            serde_json::json!({
+                "window_requests": w.requests.iter().sum::<u64>(),
+                "window_retries": w.retries.iter().sum::<u64>(),
+                "ratio": self.ratio,
+                "min_per_second": self.min_per_sec,
+            })
+        })
+    }
+
     /// Runs `f` on the window rotated to now, with the current bucket index.
     fn with_window<T>(&self, f: impl FnOnce(&mut Window, usize) -> T) -> T {
         let now = (self.created.elapsed().as_nanos() / self.bucket.as_nanos().max(1)) as u64;

@@ -1,0 +1,146 @@
+//! End-to-end outlier ejection and load balancing through a real
+//! `trellis-proxy`: a failing endpoint is ejected and later restored by a
+//! single probe; a consistent-hash key sticks to one endpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use trellis_e2e::client::{self, blocking_get, get};
+use trellis_e2e::harness::{Echo, Proxy};
+use trellis_e2e::rules;
+
+fn any_route() -> &'static str {
+    "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+"
+}
+
+fn requests_of(echo: &Echo) -> Result<u64> {
+    let (_, body) = blocking_get(echo.addr, "/_echo/stats")?;
+    let stats: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(stats["requests"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_ejected_then_restored_by_one_probe() -> Result<()> {
+    let a = Echo::start("reviews", "a")?;
+    let b = Echo::start("reviews", "b")?;
+    let bad = Echo::start("reviews", "bad")?;
+    blocking_get(bad.addr, "/_echo/set?status=500")?;
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}
+";
+    let proxy = Proxy::start(&rules::service_with_policy(
+        "reviews",
+        &[("a", &a), ("b", &b), ("bad", &bad)],
+        policy,
+        any_route(),
+    ))?;
+    let client = client::http1();
+    // Round robin reaches the bad endpoint every third request: 3 errors in
+    // the first ~9 requests eject it.
+    let mut first = Vec::new();
+    for _ in 0..9 {
+        first.push(
+            get(&client, proxy.outbound, "reviews", "/", &[])
+                .await?
+                .status,
+        );
+    }
+    assert_eq!(
+        first.iter().filter(|s| s.as_u16() == 500).count(),
+        3,
+        "{first:?}"
+    );
+    assert_eq!(
+        proxy.metric_sum("trellis_outlier_ejections_total", &[])?,
+        1.0
+    );
+    assert_eq!(
+        proxy.metric_sum("trellis_endpoints", &["state=\"ejected\""])?,
+        1.0
+    );
+    let mut ok = 0;
+    for _ in 0..300 {
+        ok += u32::from(
+            get(&client, proxy.outbound, "reviews", "/", &[])
+                .await?
+                .status
+                == 200,
+        );
+    }
+    assert!(ok >= 297, "success after ejection: {ok}/300");
+
+    // It recovers; after baseEjectionTime one probe brings it back.
+    blocking_get(bad.addr, "/_echo/set?status=200")?;
+    let before = requests_of(&bad)?;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(requests_of(&bad)?, before, "no traffic while ejected");
+    for _ in 0..30 {
+        assert_eq!(
+            get(&client, proxy.outbound, "reviews", "/", &[])
+                .await?
+                .status,
+            200
+        );
+    }
+    let (_, dump) = blocking_get(proxy.admin, "/config_dump")?;
+    assert!(!dump.contains("ejected"), "still ejected: {dump}");
+    assert!(
+        requests_of(&bad)? >= before + 5,
+        "restored endpoint gets its share again"
+    );
+    assert_eq!(
+        proxy.metric_sum("trellis_endpoints", &["state=\"healthy\""])?,
+        3.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_key_on_one_endpoint() -> Result<()> {
+    let echoes: Vec<Echo> = (0..3)
+        .map(|i| Echo::start("reviews", &format!("e{i}")))
+        .collect::<Result<_>>()?;
+    let versions = ["e0", "e1", "e2"];
+    let backends: Vec<(&str, &Echo)> = versions.iter().copied().zip(echoes.iter()).collect();
+    let policy = "    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+";
+    let proxy = Proxy::start(&rules::service_with_policy(
+        "reviews",
+        &backends,
+        policy,
+        any_route(),
+    ))?;
+    let client = client::http1();
+    let mut owners: HashMap<String, HashSet<String>> = HashMap::new();
+    for i in 0..1000 {
+        let user = format!("user-{}", i % 20);
+        let r = get(
+            &client,
+            proxy.outbound,
+            "reviews",
+            "/",
+            &[("x-user", &user)],
+        )
+        .await?;
+        assert_eq!(r.status, 200);
+        owners
+            .entry(user)
+            .or_default()
+            .insert(r.header("x-echo-version").unwrap_or("?").to_string());
+    }
+    for (user, set) in &owners {
+        assert_eq!(set.len(), 1, "{user} went to {set:?}");
+    }
+    let used: HashSet<&String> = owners.values().flatten().collect();
+    assert!(used.len() >= 2, "20 keys all on one endpoint: {used:?}");
+    Ok(())
+}

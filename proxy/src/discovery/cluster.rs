@@ -1,0 +1,210 @@
+//! A destination (service, subset) as the proxy runs it: its endpoints with
+//! their shared load and outlier state, its balancer, hash policy, outlier
+//! settings and retry budget. State that must outlive a config reload
+//! (endpoint load and health, the budget) is carried over from the previous
+//! cluster of the same name.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use trellis_api as api;
+
+use super::model::ModelError;
+use crate::layers::balance::{Balancer, EndpointLoad, Ring};
+use crate::layers::outlier::{
+    max_ejected, Health, Outcome, OutlierConfig, OutlierState, Transition,
+};
+use crate::layers::retry::RetryBudget;
+
+/// A (service, subset) and its endpoints.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub service: String,
+    pub subset: String,
+    pub protocol: api::Protocol,
+    pub endpoints: Vec<Endpoint>,
+    pub balancer: Balancer,
+    /// What consistent hashing hashes, if the destination uses it.
+    pub hash: Option<HashPolicy>,
+    pub outlier: Option<OutlierConfig>,
+    /// Caps retries to this destination.
+    pub budget: Arc<RetryBudget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `address:port`, the URI authority used to reach it.
+    pub authority: http::uri::Authority,
+    pub labels: HashMap<String, String>,
+    pub state: Arc<EndpointState>,
+}
+
+/// Load and health of one endpoint, shared by all connections and kept
+/// across config reloads.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    pub load: EndpointLoad,
+    pub outlier: OutlierState,
+}
+
+/// `consistentHash` key source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashPolicy {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
+    QueryParameter(String),
+}
+
+/// The balancer's choice for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected {
+    pub index: usize,
+    /// Every endpoint was ejected: sent anyway.
+    pub panic: bool,
+}
+
+impl Cluster {
+    /// Builds `c`, reusing endpoint state and budget from `previous`.
+    pub fn build(c: &api::Cluster, previous: Option<&Cluster>) -> Result<Self, ModelError> {
+        let endpoints = c
+            .endpoints
+            .iter()
+            .map(|e| {
+                let text = if e.address.contains(':') {
+                    format!("[{}]:{}", e.address, e.port)
+                } else {
+                    format!("{}:{}", e.address, e.port)
+                };
+                let authority: http::uri::Authority =
+                    text.parse().map_err(|_| ModelError::BadEndpoint {
+                        cluster: c.name.clone(),
+                        address: e.address.clone(),
+                        port: e.port,
+                    })?;
+                let state = previous
+                    .and_then(|p| p.endpoints.iter().find(|old| old.authority == authority))
+                    .map(|old| old.state.clone())
+                    .unwrap_or_default();
+                Ok(Endpoint {
+                    authority,
+                    labels: e.labels.clone(),
+                    state,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = c.policy.as_ref();
+        let lb = policy.and_then(|p| p.load_balancer.as_ref());
+        let hash = lb
+            .and_then(|l| l.consistent_hash.as_ref())
+            .and_then(hash_policy);
+        let balancer = if hash.is_some() {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.authority.as_str()).collect();
+            Balancer::RingHash(Ring::new(&names))
+        } else {
+            use api::load_balancer::Simple;
+            match lb.map(|l| l.simple()) {
+                Some(Simple::RoundRobin) => {
+                    Balancer::RoundRobin(AtomicUsize::new(fastrand::usize(..)))
+                }
+                Some(Simple::Random) => Balancer::Random,
+                Some(Simple::LeastRequest) => Balancer::LeastRequest,
+                _ => Balancer::PeakEwma,
+            }
+        };
+        let outlier = policy
+            .and_then(|p| p.outlier_detection.as_ref())
+            .map(|o| OutlierConfig {
+                consecutive_5xx: o.consecutive_5xx_errors,
+                consecutive_gateway: o.consecutive_gateway_errors,
+                base_ejection: o
+                    .base_ejection_time
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or(Duration::from_secs(30)),
+                max_ejection_percent: if o.max_ejection_percent == 0 {
+                    10
+                } else {
+                    o.max_ejection_percent
+                },
+            });
+        Ok(Self {
+            name: c.name.clone(),
+            service: c.service.clone(),
+            subset: c.subset.clone(),
+            protocol: c.protocol(),
+            endpoints,
+            balancer,
+            hash,
+            outlier,
+            budget: previous.map(|p| p.budget.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// Picks an endpoint for one attempt: among available endpoints, those
+    /// not yet `tried` by this request when there are any; when every
+    /// endpoint is ejected, among all (panic mode).
+    pub fn select(&self, key: Option<u64>, tried: &[http::uri::Authority]) -> Option<Selected> {
+        let n = self.endpoints.len();
+        let now = Instant::now();
+        let load = |i: usize| &self.endpoints[i].state.load;
+        let available =
+            |i: usize| self.outlier.is_none() || self.endpoints[i].state.outlier.available(now);
+        let fresh = |i: usize| available(i) && !tried.contains(&self.endpoints[i].authority);
+        let pick = |eligible: &dyn Fn(usize) -> bool| self.balancer.pick(n, &load, eligible, key);
+        if let Some(index) = pick(&fresh).or_else(|| pick(&available)) {
+            self.endpoints[index].state.outlier.admit(now);
+            return Some(Selected {
+                index,
+                panic: false,
+            });
+        }
+        pick(&|_| true).map(|index| Selected { index, panic: true })
+    }
+
+    /// Records the outcome of an attempt at endpoint `index`.
+    pub fn report(&self, index: usize, outcome: Outcome) -> Transition {
+        let Some(cfg) = &self.outlier else {
+            return Transition::None;
+        };
+        let Some(endpoint) = self.endpoints.get(index) else {
+            return Transition::None;
+        };
+        let out = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.outlier.is_out())
+            .count();
+        let may_eject = out < max_ejected(self.endpoints.len(), cfg.max_ejection_percent);
+        endpoint
+            .state
+            .outlier
+            .report(outcome, cfg, may_eject, Instant::now())
+    }
+
+    /// Endpoints by health: (healthy, ejected, probing).
+    pub fn health_counts(&self) -> (usize, usize, usize) {
+        self.endpoints
+            .iter()
+            .fold((0, 0, 0), |(h, e, p), ep| match ep.state.outlier.health() {
+                Health::Healthy => (h + 1, e, p),
+                Health::Ejected { .. } => (h, e + 1, p),
+                Health::Probing => (h, e, p + 1),
+            })
+    }
+}
+
+fn hash_policy(h: &api::ConsistentHash) -> Option<HashPolicy> {
+    use api::consistent_hash::Key;
+    match h.key.as_ref()? {
+        Key::HttpHeaderName(name) => http::HeaderName::from_bytes(name.as_bytes())
+            .ok()
+            .map(HashPolicy::Header),
+        Key::HttpCookie(name) => Some(HashPolicy::Cookie(name.clone())),
+        Key::UseSourceIp(true) => Some(HashPolicy::SourceIp),
+        Key::UseSourceIp(false) => None,
+        Key::HttpQueryParameterName(name) => Some(HashPolicy::QueryParameter(name.clone())),
+    }
+}
