@@ -1,6 +1,7 @@
-//! End-to-end outlier ejection and load balancing through a real
-//! `trellis-proxy`: a failing endpoint is ejected and later restored by a
-//! single probe; a consistent-hash key sticks to one endpoint.
+//! End-to-end outlier ejection, connection-pool limits and load balancing
+//! through a real `trellis-proxy`: a failing endpoint is ejected and later
+//! restored by a single probe; requests over the pool limits fail fast with
+//! 503 `overflow`; a consistent-hash key sticks to one endpoint.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -142,5 +143,54 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() -> Result<()> {
     }
     let used: HashSet<&String> = owners.values().flatten().collect();
     assert!(used.len() >= 2, "20 keys all on one endpoint: {used:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
+    let slow = Echo::start("reviews", "v1")?;
+    let policy = "    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+";
+    let proxy = Proxy::start(&rules::service_with_policy(
+        "reviews",
+        &[("v1", &slow)],
+        policy,
+        any_route(),
+    ))?;
+    let client = client::http1();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, addr) = (client.clone(), proxy.outbound);
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let r = get(&client, addr, "reviews", "/", &[("x-echo-delay", "1s")]).await;
+                r.map(|r| {
+                    (
+                        r.status.as_u16(),
+                        r.header("x-trellis-reason").map(str::to_string),
+                        started.elapsed(),
+                    )
+                })
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await??);
+    }
+    let ok: Vec<_> = results.iter().filter(|r| r.0 == 200).collect();
+    let overflow: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!(ok.len(), 2, "one active + one pending: {results:?}");
+    assert_eq!(overflow.len(), 18, "{results:?}");
+    for (_, reason, took) in &overflow {
+        assert_eq!(reason.as_deref(), Some("overflow"));
+        assert!(*took < Duration::from_millis(10), "overflow took {took:?}");
+    }
+    assert_eq!(
+        proxy.metric_sum("trellis_circuit_overflow_total", &[])?,
+        18.0
+    );
     Ok(())
 }

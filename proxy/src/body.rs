@@ -22,6 +22,45 @@ pub fn stream(body: hyper::body::Incoming) -> ProxyBody {
     body.map_err(BoxError::from).boxed_unsync()
 }
 
+/// A streamed upstream body that keeps `guard` (a pool slot) until it ends
+/// or is dropped.
+pub fn stream_holding<G: Send + Unpin + 'static>(
+    body: hyper::body::Incoming,
+    guard: G,
+) -> ProxyBody {
+    Holding {
+        body,
+        _guard: guard,
+    }
+    .map_err(BoxError::from)
+    .boxed_unsync()
+}
+
+struct Holding<G> {
+    body: hyper::body::Incoming,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Bodies up to this size are buffered so a retry can send them again.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub outlier_ejections: Family<DestinationLabels, Counter>,
     pub outlier_panic: Family<DestinationLabels, Counter>,
+    pub circuit_overflow: Family<DestinationLabels, Counter>,
     pub endpoints: Family<EndpointLabels, Gauge>,
     registry: Registry,
 }
@@ -103,6 +104,12 @@ impl Metrics {
             "Requests sent while every endpoint of the destination was ejected",
             outlier_panic.clone(),
         );
+        let circuit_overflow = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "circuit_overflow",
+            "Requests and retries refused by connection-pool limits",
+            circuit_overflow.clone(),
+        );
         let endpoints = Family::<EndpointLabels, Gauge>::default();
         registry.register("endpoints", "Endpoints by outlier state", endpoints.clone());
         registry.register(
@@ -134,6 +141,7 @@ impl Metrics {
             retries,
             outlier_ejections,
             outlier_panic,
+            circuit_overflow,
             endpoints,
             registry,
         }
@@ -153,6 +161,12 @@ impl Metrics {
 
     pub fn ejection(&self, service: &str, subset: &str) {
         self.outlier_ejections
+            .get_or_create(&destination(service, subset))
+            .inc();
+    }
+
+    pub fn overflow(&self, service: &str, subset: &str) {
+        self.circuit_overflow
             .get_or_create(&destination(service, subset))
             .inc();
     }

@@ -13,6 +13,7 @@ use trellis_api as api;
 
 use super::model::ModelError;
 use crate::layers::balance::{Balancer, EndpointLoad, Ring};
+use crate::layers::breaker::{PoolLimit, RetryGate};
 use crate::layers::outlier::{
     max_ejected, Health, Outcome, OutlierConfig, OutlierState, Transition,
 };
@@ -32,6 +33,10 @@ pub struct Cluster {
     pub outlier: Option<OutlierConfig>,
     /// Caps retries to this destination.
     pub budget: Arc<RetryBudget>,
+    /// `connectionPool` request limits, when any is set.
+    pub pool: Option<Arc<PoolLimit>>,
+    /// `connectionPool.http.maxRetries`, when set.
+    pub retry_gate: Option<Arc<RetryGate>>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +135,30 @@ impl Cluster {
                     o.max_ejection_percent
                 },
             });
+        let pool_cfg = policy.and_then(|p| p.connection_pool.as_ref());
+        let limit = |v: u32| if v == 0 { usize::MAX } else { v as usize };
+        let pool = pool_cfg
+            .map(|p| {
+                (
+                    limit(p.max_connections).min(limit(p.http2_max_requests)),
+                    limit(p.http1_max_pending_requests),
+                )
+            })
+            .filter(|(active, pending)| *active != usize::MAX || *pending != usize::MAX)
+            .map(
+                |(active, pending)| match previous.and_then(|p| p.pool.clone()) {
+                    // same limits: keep the counters of requests in flight
+                    Some(old) if old.limits == (active, pending) => old,
+                    _ => Arc::new(PoolLimit::new(active, pending)),
+                },
+            );
+        let retry_gate = pool_cfg
+            .map(|p| p.max_retries)
+            .filter(|m| *m > 0)
+            .map(|max| Arc::new(RetryGate::new(max, &c.service, &c.subset)));
         Ok(Self {
+            pool,
+            retry_gate,
             name: c.name.clone(),
             service: c.service.clone(),
             subset: c.subset.clone(),

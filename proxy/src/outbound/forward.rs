@@ -98,6 +98,19 @@ impl Forward {
             }
         }
 
+        // Pool limits: a slot for the whole request, released when the
+        // response body ends.
+        let permit = match &destination.cluster.pool {
+            Some(pool) => match pool.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let c = &destination.cluster;
+                    self.metrics.overflow(&c.service, &c.subset);
+                    return Err(Reason::Overflow.into());
+                }
+            },
+            None => None,
+        };
         let attempt = Attempt::new(
             self.clients.clone(),
             destination.cluster.clone(),
@@ -105,12 +118,8 @@ impl Forward {
         );
         let inner = match &route.retry {
             Some(retry) => {
-                let policy: RetryPolicy = policy_for(
-                    retry,
-                    replay_safe,
-                    &destination.cluster.budget,
-                    &self.metrics,
-                );
+                let policy: RetryPolicy =
+                    policy_for(retry, replay_safe, &destination.cluster, &self.metrics);
                 let per_try = Timeout::new(attempt, retry.per_try_timeout, TimeoutKind::PerTry);
                 Either::Left(tower::retry::Retry::new(policy, per_try))
             }
@@ -123,7 +132,11 @@ impl Forward {
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::apply(&mut parts.headers, destination.response_headers.as_ref());
         headers::apply(&mut parts.headers, route.response_headers.as_ref());
-        Ok(Response::from_parts(parts, body::stream(body)))
+        let body = match permit {
+            Some(permit) => body::stream_holding(body, permit),
+            None => body::stream(body),
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 

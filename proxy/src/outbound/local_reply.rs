@@ -33,6 +33,8 @@ pub enum Reason {
     RetriesExhausted,
     /// A `fault.abort` rule answered instead of the upstream.
     FaultAbort,
+    /// A connection-pool limit of the destination was reached.
+    Overflow,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::FaultAbort => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Overflow => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -59,6 +62,7 @@ impl Reason {
             Self::Timeout => "timeout",
             Self::RetriesExhausted => "retries-exhausted",
             Self::FaultAbort => "fault-abort",
+            Self::Overflow => "overflow",
         }
     }
 

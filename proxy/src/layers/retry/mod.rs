@@ -19,14 +19,15 @@ pub use policy::is_idempotent;
 pub fn policy_for(
     retry: &crate::discovery::model::RouteRetry,
     replay_safe: bool,
-    budget: &std::sync::Arc<RetryBudget>,
+    cluster: &crate::discovery::Cluster,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
 ) -> RetryPolicy {
     RetryPolicy::new(
         retry.retries,
         retry.conditions.clone(),
         replay_safe,
-        budget.clone(),
+        cluster.budget.clone(),
         metrics.clone(),
     )
+    .with_gate(cluster.retry_gate.clone())
 }

@@ -10,6 +10,7 @@ use tokio::time::Sleep;
 
 use super::{RetryBudget, RetryConditions};
 use crate::body::{BoxError, RequestBody};
+use crate::layers::breaker::RetryGate;
 use crate::metrics::Metrics;
 use crate::outbound::local_reply::{LocalError, Reason};
 
@@ -17,7 +18,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(25);
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
 /// Retry state of one request.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RetryPolicy {
     remaining: u32,
     attempt: u32,
@@ -26,6 +27,31 @@ pub struct RetryPolicy {
     replay_safe: bool,
     budget: Arc<RetryBudget>,
     metrics: Arc<Metrics>,
+    /// `maxRetries` of the destination.
+    gate: Option<Arc<RetryGate>>,
+    /// This request holds a slot of `gate` (a retry is in flight).
+    holding: bool,
+}
+
+impl Clone for RetryPolicy {
+    fn clone(&self) -> Self {
+        Self {
+            remaining: self.remaining,
+            attempt: self.attempt,
+            conditions: self.conditions.clone(),
+            replay_safe: self.replay_safe,
+            budget: self.budget.clone(),
+            metrics: self.metrics.clone(),
+            gate: self.gate.clone(),
+            holding: false, // a slot belongs to the copy that took it
+        }
+    }
+}
+
+impl Drop for RetryPolicy {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl RetryPolicy {
@@ -45,6 +71,23 @@ impl RetryPolicy {
             replay_safe,
             budget,
             metrics,
+            gate: None,
+            holding: false,
+        }
+    }
+
+    /// Limits concurrent retries to the destination with `gate`.
+    pub fn with_gate(mut self, gate: Option<Arc<RetryGate>>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    fn release(&mut self) {
+        if self.holding {
+            if let Some(gate) = &self.gate {
+                gate.leave();
+            }
+            self.holding = false;
         }
     }
 }
@@ -71,6 +114,7 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
         _req: &mut Request<RequestBody>,
         result: &mut Result<Response<B>, BoxError>,
     ) -> Option<Sleep> {
+        self.release(); // the previous retry, if any, is over
         let reason = match result {
             Ok(resp) => self.conditions.on_status(resp.status()),
             Err(e) => self.conditions.on_error(e),
@@ -84,6 +128,13 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
                 *result = Err(LocalError(Reason::RetriesExhausted).into());
             }
             return None;
+        }
+        if let Some(gate) = &self.gate {
+            if !gate.enter() {
+                self.metrics.overflow(&gate.service, &gate.subset);
+                return None;
+            }
+            self.holding = true;
         }
         self.remaining -= 1;
         self.attempt += 1;
