@@ -309,3 +309,51 @@ async fn request_ids_are_added_and_trace_headers_pass_unchanged() -> Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_connect_timeout_bounds_connecting() -> Result<()> {
+    // A listener that never accepts, its backlog full: new connects hang.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = stuck.local_addr()?;
+    let mut fillers = Vec::new();
+    while fillers.len() < 4096 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(fillers.len() < 4096, "could not fill the listen backlog");
+    let rules = format!(
+        "apiVersion: networking.trellis.io/v1
+kind: ServiceEntry
+metadata: {{name: stuck}}
+spec:
+  hosts: [stuck]
+  ports: [{{number: 80, name: http}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+---
+apiVersion: networking.trellis.io/v1
+kind: DestinationRule
+metadata: {{name: stuck}}
+spec:
+  host: stuck
+  trafficPolicy:
+    connectionPool:
+      tcp: {{connectTimeout: 200ms}}
+",
+        addr.port()
+    );
+    let proxy = Proxy::start(&rules)?;
+    let started = Instant::now();
+    let r = get(&client::http1(), proxy.outbound, "stuck", "/", &[]).await?;
+    let took = started.elapsed();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-trellis-reason"), Some("connect-failure"));
+    // the destination's 200 ms, not the 1 s default
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(600),
+        "{took:?}"
+    );
+    drop(stuck);
+    Ok(())
+}

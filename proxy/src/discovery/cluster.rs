@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use trellis_api as api;
@@ -18,6 +18,7 @@ use crate::layers::outlier::{
     max_ejected, Health, Outcome, OutlierConfig, OutlierState, Transition,
 };
 use crate::layers::retry::RetryBudget;
+use crate::transport::client::HttpClient;
 
 /// A (service, subset) and its endpoints.
 #[derive(Debug)]
@@ -37,6 +38,10 @@ pub struct Cluster {
     pub pool: Option<Arc<PoolLimit>>,
     /// `connectionPool.http.maxRetries`, when set.
     pub retry_gate: Option<Arc<RetryGate>>,
+    /// `connectionPool.tcp.connectTimeout`, when set.
+    pub connect_timeout: Option<Duration>,
+    /// The connection pool this destination uses, chosen on first use.
+    pub client: OnceLock<HttpClient>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,9 +161,15 @@ impl Cluster {
             .map(|p| p.max_retries)
             .filter(|m| *m > 0)
             .map(|max| Arc::new(RetryGate::new(max, &c.service, &c.subset)));
+        let connect_timeout = pool_cfg
+            .and_then(|p| p.connect_timeout)
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero());
         Ok(Self {
             pool,
             retry_gate,
+            connect_timeout,
+            client: OnceLock::new(),
             name: c.name.clone(),
             service: c.service.clone(),
             subset: c.subset.clone(),

@@ -193,7 +193,11 @@ impl tower::Service<Request<RequestBody>> for Attempt {
             Err(_) => return fail(Reason::BadRequest),
         }
         endpoint.state.load.start();
-        let request = self.clients.get(self.cluster.protocol).request(req);
+        let cluster = &self.cluster;
+        let client = cluster
+            .client
+            .get_or_init(|| self.clients.get(cluster.protocol, cluster.connect_timeout));
+        let request = client.request(req);
         AttemptFuture {
             inner: Either::Left(request.map_err(classify as fn(_) -> BoxError)),
             report: Some(Report {
