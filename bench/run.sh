@@ -30,6 +30,7 @@ cargo build --release -q -p trellis-proxy
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(port); TRELLIS=$(port); TRELLIS_ADMIN=$(port); NGINX=$(port); HAPROXY=$(port)
+RESILIENT=$(port); RESILIENT_ADMIN=$(port)
 
 # --- backend: nginx, one worker, core 1 -----------------------------------
 mkdir -p "$WORK/backend" "$WORK/nginx"
@@ -56,6 +57,32 @@ spec:
 CONF
 TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/rules.yaml" \
     --outbound-addr 127.0.0.1:$TRELLIS --admin-addr 127.0.0.1:$TRELLIS_ADMIN & TRELLIS_PID=$!; PIDS+=($TRELLIS_PID)
+
+# --- trellis-proxy with timeout, retries, outlier detection, least-request --
+cp "$WORK/rules.yaml" "$WORK/resilient.yaml"
+cat >> "$WORK/resilient.yaml" <<CONF
+---
+apiVersion: networking.trellis.io/v1
+kind: DestinationRule
+metadata: {name: bench}
+spec:
+  host: bench
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}
+---
+apiVersion: networking.trellis.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: [bench]
+  http:
+  - timeout: 5s
+    retries: {attempts: 2, perTryTimeout: 2s, retryOn: "5xx,reset,connect-failure"}
+    route: [{destination: {host: bench}}]
+CONF
+TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/resilient.yaml" \
+    --outbound-addr 127.0.0.1:$RESILIENT --admin-addr 127.0.0.1:$RESILIENT_ADMIN & RESILIENT_PID=$!; PIDS+=($RESILIENT_PID)
 
 # --- nginx reverse proxy, core 0, one worker, keep-alive upstream ------------
 cat > "$WORK/nginx/nginx.conf" <<CONF
@@ -88,11 +115,13 @@ backend be
 CONF
 taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 
-for p in $BACKEND $TRELLIS $NGINX $HAPROXY; do
+for p in $BACKEND $TRELLIS $RESILIENT $NGINX $HAPROXY; do
     for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TRELLIS_ADMIN/ready" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RESILIENT_ADMIN/ready" >/dev/null && break; sleep 0.1; done
 curl -sf -H 'Host: bench' "http://127.0.0.1:$TRELLIS/" >/dev/null || { echo "trellis-proxy does not route" >&2; exit 1; }
+curl -sf -H 'Host: bench' "http://127.0.0.1:$RESILIENT/" >/dev/null || { echo "trellis-proxy (resilient) does not route" >&2; exit 1; }
 
 # worker pid of an nginx master (the process doing the work)
 worker() { pgrep -P "$1" | head -1 || echo "$1"; }
@@ -124,6 +153,7 @@ run() { # name port pid
 }
 run direct "$BACKEND" ""
 run trellis "$TRELLIS" "$TRELLIS_PID"
+run trellis+resilience "$RESILIENT" "$RESILIENT_PID"
 run nginx "$NGINX" "$NGINX_WORKER"
 run haproxy "$HAPROXY" "$HAPROXY_PID"
 TRELLIS_LOADED_RSS=$(awk '/^VmHWM/ {print $2}' /proc/$TRELLIS_PID/status)
@@ -141,13 +171,15 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo
     echo "| path | max req/s | p50 | p99 | CPU µs/req at ~$RATE rps (achieved rps) | RSS after load |"
     echo "|---|---|---|---|---|---|"
-    for n in direct trellis nginx haproxy; do
+    for n in direct trellis trellis+resilience nginx haproxy; do
         rss=${RSS[$n]}; [ "$rss" != "-" ] && rss="$rss MiB"
         echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | ${CPU_US[$n]} (${PACED_RPS[$n]}) | $rss |"
     done
     echo
     echo "Ratios, trellis-proxy / nginx: max req/s $(ratio "${RPS[trellis]}" "${RPS[nginx]}") (target ≥ 1),"
     echo "CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[nginx]}") (target ≤ 1)."
+    echo "trellis+resilience / trellis (timeout, retries, outlier detection, least-request vs plain routing):"
+    echo "max req/s $(ratio "${RPS[trellis+resilience]}" "${RPS[trellis]}"), CPU per request $(ratio "${CPU_US[trellis+resilience]}" "${CPU_US[trellis]}") (target ≤ 1.05)."
     echo "trellis-proxy / HAProxy: max req/s $(ratio "${RPS[trellis]}" "${RPS[haproxy]}"), CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[haproxy]}")."
     echo
     echo "trellis-proxy RSS: idle $((TRELLIS_IDLE_RSS / 1024)).$(( (TRELLIS_IDLE_RSS % 1024) * 10 / 1024 )) MiB (target ≤ 8 MiB), peak under load $((TRELLIS_LOADED_RSS / 1024)) MiB."
