@@ -53,6 +53,28 @@ fn accepts_istio_bookinfo_samples_unchanged() -> Result<()> {
 }
 
 #[test]
+fn every_example_validates() -> Result<()> {
+    // Each example stands alone: validate them one at a time.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(bin("trellisctl")?)
+                .arg("validate")
+                .arg("-f")
+                .arg(&path)
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{}: {stdout}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "examples found: {checked}");
+    Ok(())
+}
+
+#[test]
 fn broken_file_reports_every_error_with_position_and_exits_1() -> Result<()> {
     let tmp = TempDir::new("validate")?;
     let broken = tmp.path().join("broken.yaml");
