@@ -247,3 +247,64 @@ fn hash_policy(h: &api::ConsistentHash) -> Option<HashPolicy> {
         Key::HttpQueryParameterName(name) => Some(HashPolicy::QueryParameter(name.clone())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(n: u32, outlier: bool) -> Cluster {
+        let c = api::Cluster {
+            name: "c".into(),
+            endpoints: (0..n)
+                .map(|i| api::Endpoint {
+                    address: "127.0.0.1".into(),
+                    port: 1000 + i,
+                    ..Default::default()
+                })
+                .collect(),
+            policy: outlier.then(|| api::TrafficPolicy {
+                outlier_detection: Some(api::OutlierDetection {
+                    consecutive_5xx_errors: 1,
+                    max_ejection_percent: 100,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Cluster::build(&c, None).expect("valid cluster")
+    }
+
+    #[test]
+    fn retries_avoid_endpoints_already_tried() {
+        let c = cluster(3, false);
+        for _ in 0..50 {
+            let tried = vec![
+                c.endpoints[0].authority.clone(),
+                c.endpoints[1].authority.clone(),
+            ];
+            let s = c.select(None, &tried).expect("an endpoint");
+            assert_eq!(s.index, 2);
+        }
+        // all tried: any endpoint rather than none
+        let all: Vec<_> = c.endpoints.iter().map(|e| e.authority.clone()).collect();
+        assert!(c.select(None, &all).is_some());
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_until_all_are_out() {
+        let c = cluster(2, true);
+        assert_eq!(
+            c.report(0, Outcome::ServerError { gateway: false }),
+            Transition::Ejected(Duration::from_secs(30))
+        );
+        for _ in 0..50 {
+            let s = c.select(None, &[]).expect("an endpoint");
+            assert_eq!((s.index, s.panic), (1, false));
+        }
+        c.report(1, Outcome::GatewayFailure);
+        assert_eq!(c.health_counts(), (0, 2, 0));
+        let s = c.select(None, &[]).expect("panic mode still sends");
+        assert!(s.panic);
+    }
+}
