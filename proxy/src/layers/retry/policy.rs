@@ -216,54 +216,56 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retries_until_success() {
-        let (svc, calls) = scripted(vec![503, 503, 200]);
-        let p = policy(3, &["5xx"], true, Arc::default());
+    /// Runs one request through `Retry` over a backend answering `statuses`:
+    /// (final status, backend calls).
+    async fn run(statuses: Vec<u16>, p: RetryPolicy) -> (u16, usize) {
+        let (svc, calls) = scripted(statuses);
         let resp = tower::retry::Retry::new(p, svc)
             .oneshot(Request::new(RequestBody::empty()))
             .await
-            .expect("ok");
-        assert_eq!(resp.status(), 200);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+            .expect("a response");
+        (
+            resp.status().as_u16(),
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_success() {
+        let p = policy(3, &["5xx"], true, Arc::default());
+        assert_eq!(run(vec![503, 503, 200], p).await, (200, 3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn exhausted_returns_last_response() {
-        let (svc, calls) = scripted(vec![503, 503, 503, 503]);
         let p = policy(2, &["5xx"], true, Arc::default());
-        let resp = tower::retry::Retry::new(p, svc)
-            .oneshot(Request::new(RequestBody::empty()))
-            .await
-            .expect("ok");
-        assert_eq!(resp.status(), 503);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(run(vec![503, 503, 503, 503], p).await, (503, 3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn unsafe_requests_are_not_retried_after_reaching_upstream() {
-        let (svc, calls) = scripted(vec![503, 200]);
         let p = policy(3, &["5xx"], false, Arc::default());
-        let resp = tower::retry::Retry::new(p, svc)
-            .oneshot(Request::new(RequestBody::empty()))
-            .await
-            .expect("ok");
-        assert_eq!(resp.status(), 503);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(run(vec![503, 200], p).await, (503, 1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn budget_caps_retries() {
         // no minimum, 0% ratio: no retry is ever allowed
         let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
-        let (svc, calls) = scripted(vec![503, 200]);
         let p = policy(3, &["5xx"], true, budget);
-        let resp = tower::retry::Retry::new(p, svc)
-            .oneshot(Request::new(RequestBody::empty()))
-            .await
-            .expect("ok");
-        assert_eq!(resp.status(), 503);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(run(vec![503, 200], p).await, (503, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_gate_stops_retries() {
+        let gate = Arc::new(RetryGate::new(1, "s", ""));
+        assert!(gate.enter(), "another request holds the only retry slot");
+        let p = policy(3, &["5xx"], true, Arc::default()).with_gate(Some(gate.clone()));
+        assert_eq!(run(vec![503, 200], p).await, (503, 1));
+        gate.leave();
+        let p = policy(3, &["5xx"], true, Arc::default()).with_gate(Some(gate.clone()));
+        assert_eq!(run(vec![503, 200], p).await, (200, 2));
+        assert!(gate.enter(), "the slot was given back");
     }
 
     #[test]
