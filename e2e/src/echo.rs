@@ -13,9 +13,10 @@
 //! `GET /_echo/set?status=N` makes N the instance's answer to every later
 //! request (as if it broke, or recovered: `status=200`).
 //!
-//! `GET /_echo/stats` returns `{"requests": N, "by_method": {..}, "cancelled": C}`:
-//! requests received so far, and how many were abandoned by the client
-//! (connection or stream closed) before the answer was ready.
+//! `GET /_echo/stats` returns `{"requests": N, "connections": K,
+//! "by_method": {..}, "cancelled": C}`: requests and connections received so
+//! far, and how many requests were abandoned by the client (connection or
+//! stream closed) before the answer was ready.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub struct Echo {
     pub name: String,
     pub version: String,
     requests: AtomicU64,
+    connections: AtomicU64,
     cancelled: Arc<AtomicU64>,
     by_method: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Status of every answer unless a request says otherwise (0 = 200).
@@ -69,6 +71,7 @@ impl Echo {
             name: name.into(),
             version: version.into(),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             cancelled: Arc::new(AtomicU64::new(0)),
             by_method: Default::default(),
             seen_ids: Default::default(),
@@ -84,6 +87,7 @@ impl Echo {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            self.connections.fetch_add(1, Ordering::SeqCst);
             let this = self.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -101,6 +105,7 @@ impl Echo {
         if req.uri().path() == "/_echo/stats" {
             let stats = serde_json::json!({
                 "requests": self.requests.load(Ordering::SeqCst),
+                "connections": self.connections.load(Ordering::SeqCst),
                 "cancelled": self.cancelled.load(Ordering::SeqCst),
                 "by_method": *self.by_method.lock().expect("not poisoned"),
             });

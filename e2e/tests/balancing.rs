@@ -194,3 +194,40 @@ async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_until_max_requests_per_connection() -> Result<()> {
+    let connections = |echo: &Echo| -> Result<u64> {
+        let (_, body) = blocking_get(echo.addr, "/_echo/stats")?;
+        let stats: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(stats["connections"].as_u64().unwrap_or(0))
+    };
+    for (policy, want) in [
+        ("", 1),
+        (
+            "    connectionPool:\n      http: {maxRequestsPerConnection: 5}\n",
+            4,
+        ),
+    ] {
+        let echo = Echo::start("reviews", "v1")?;
+        let proxy = Proxy::start(&rules::service_with_policy(
+            "reviews",
+            &[("v1", &echo)],
+            policy,
+            any_route(),
+        ))?;
+        let client = client::http1();
+        let before = connections(&echo)?;
+        for _ in 0..20 {
+            assert_eq!(
+                get(&client, proxy.outbound, "reviews", "/", &[])
+                    .await?
+                    .status,
+                200
+            );
+        }
+        // each stats request is a connection of its own
+        assert_eq!(connections(&echo)? - before - 1, want, "policy {policy:?}");
+    }
+    Ok(())
+}

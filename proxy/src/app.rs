@@ -11,11 +11,10 @@ use tokio::task::JoinSet;
 use crate::admin::Admin;
 use crate::config::{Config, DiscoveryConfig};
 use crate::discovery::static_file::StaticFile;
-use crate::discovery::ConfigStore;
+use crate::discovery::{ConfigStore, Defaults};
 use crate::metrics::Metrics;
 use crate::outbound::forward::Forward;
 use crate::outbound::Outbound;
-use crate::transport::client::Clients;
 use crate::transport::listen::{serve, service_with};
 
 /// A proxy with its listeners bound, not yet serving.
@@ -64,15 +63,15 @@ impl App {
                     store.clone(),
                     metrics.clone(),
                     self.config.node.clone(),
+                    Defaults {
+                        connect_timeout: self.config.outbound.connect_timeout,
+                    },
                 );
                 tasks.spawn(source.run(rx.clone()));
             }
         }
 
-        let forward = Forward::new(
-            Clients::new(self.config.outbound.connect_timeout),
-            metrics.clone(),
-        );
+        let forward = Forward::new(metrics.clone());
         let outbound = Arc::new(Outbound::new(
             store.clone(),
             forward,

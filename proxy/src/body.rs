@@ -18,37 +18,43 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// A streamed upstream body.
-pub fn stream(body: hyper::body::Incoming) -> ProxyBody {
-    body.map_err(BoxError::from).boxed_unsync()
+pub fn stream<B>(body: B) -> ProxyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// A streamed upstream body that keeps `guard` (a pool slot) until it ends
 /// or is dropped.
-pub fn stream_holding<G: Send + Unpin + 'static>(
-    body: hyper::body::Incoming,
-    guard: G,
-) -> ProxyBody {
+pub fn stream_holding<B, G>(body: B, guard: G) -> ProxyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + Unpin + 'static,
+{
     Holding {
         body,
         _guard: guard,
     }
-    .map_err(BoxError::from)
+    .map_err(Into::into)
     .boxed_unsync()
 }
 
-struct Holding<G> {
-    body: hyper::body::Incoming,
+struct Holding<B, G> {
+    body: B,
     _guard: G,
 }
 
-impl<G: Unpin> http_body::Body for Holding<G> {
-    type Data = Bytes;
-    type Error = hyper::Error;
+impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for Holding<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
 

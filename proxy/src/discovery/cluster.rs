@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_api as api;
@@ -18,7 +18,7 @@ use crate::layers::outlier::{
     max_ejected, Health, Outcome, OutlierConfig, OutlierState, Transition,
 };
 use crate::layers::retry::RetryBudget;
-use crate::transport::client::HttpClient;
+use crate::transport::pool::{EndpointPool, PoolConfig};
 
 /// A (service, subset) and its endpoints.
 #[derive(Debug)]
@@ -38,10 +38,6 @@ pub struct Cluster {
     pub pool: Option<Arc<PoolLimit>>,
     /// `connectionPool.http.maxRetries`, when set.
     pub retry_gate: Option<Arc<RetryGate>>,
-    /// `connectionPool.tcp.connectTimeout`, when set.
-    pub connect_timeout: Option<Duration>,
-    /// The connection pool this destination uses, chosen on first use.
-    pub client: OnceLock<HttpClient>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +46,23 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     pub labels: HashMap<String, String>,
     pub state: Arc<EndpointState>,
+    /// Connections to this endpoint.
+    pub pool: Arc<EndpointPool>,
+}
+
+/// Settings that come from the proxy's flags rather than the rules.
+#[derive(Clone, Copy, Debug)]
+pub struct Defaults {
+    /// Connect timeout of destinations without `connectTimeout`.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Load and health of one endpoint, shared by all connections and kept
@@ -78,8 +91,23 @@ pub struct Selected {
 }
 
 impl Cluster {
-    /// Builds `c`, reusing endpoint state and budget from `previous`.
-    pub fn build(c: &api::Cluster, previous: Option<&Cluster>) -> Result<Self, ModelError> {
+    /// Builds `c`, reusing endpoint state, connections and budget from `previous`.
+    pub fn build(
+        c: &api::Cluster,
+        previous: Option<&Cluster>,
+        defaults: &Defaults,
+    ) -> Result<Self, ModelError> {
+        let policy = c.policy.as_ref();
+        let pool_cfg = policy.and_then(|p| p.connection_pool.as_ref());
+        let pool_config = PoolConfig {
+            http2: c.protocol() == api::Protocol::Http2,
+            connect_timeout: pool_cfg
+                .and_then(|p| p.connect_timeout)
+                .and_then(|d| Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(defaults.connect_timeout),
+            max_requests_per_connection: pool_cfg.map_or(0, |p| p.max_requests_per_connection),
+        };
         let endpoints = c
             .endpoints
             .iter()
@@ -95,18 +123,23 @@ impl Cluster {
                         address: e.address.clone(),
                         port: e.port,
                     })?;
-                let state = previous
-                    .and_then(|p| p.endpoints.iter().find(|old| old.authority == authority))
-                    .map(|old| old.state.clone())
-                    .unwrap_or_default();
+                let old = previous
+                    .and_then(|p| p.endpoints.iter().find(|old| old.authority == authority));
+                let state = old.map(|old| old.state.clone()).unwrap_or_default();
+                let pool = old
+                    .map(|old| old.pool.clone())
+                    .filter(|pool| pool.config == pool_config)
+                    .unwrap_or_else(|| {
+                        Arc::new(EndpointPool::new(authority.as_str(), pool_config))
+                    });
                 Ok(Endpoint {
                     authority,
                     labels: e.labels.clone(),
                     state,
+                    pool,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let policy = c.policy.as_ref();
         let lb = policy.and_then(|p| p.load_balancer.as_ref());
         let hash = lb
             .and_then(|l| l.consistent_hash.as_ref())
@@ -140,7 +173,6 @@ impl Cluster {
                     o.max_ejection_percent
                 },
             });
-        let pool_cfg = policy.and_then(|p| p.connection_pool.as_ref());
         let limit = |v: u32| if v == 0 { usize::MAX } else { v as usize };
         let pool = pool_cfg
             .map(|p| {
@@ -161,15 +193,9 @@ impl Cluster {
             .map(|p| p.max_retries)
             .filter(|m| *m > 0)
             .map(|max| Arc::new(RetryGate::new(max, &c.service, &c.subset)));
-        let connect_timeout = pool_cfg
-            .and_then(|p| p.connect_timeout)
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero());
         Ok(Self {
             pool,
             retry_gate,
-            connect_timeout,
-            client: OnceLock::new(),
             name: c.name.clone(),
             service: c.service.clone(),
             subset: c.subset.clone(),
@@ -272,7 +298,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        Cluster::build(&c, None).expect("valid cluster")
+        Cluster::build(&c, None, &Defaults::default()).expect("valid cluster")
     }
 
     #[test]

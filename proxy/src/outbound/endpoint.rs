@@ -10,11 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_util::future::{self, Either, MapErr, Ready, TryFutureExt};
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::ResponseFuture;
+use futures_util::future::{self, Either, Ready};
+use http::uri::Authority;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 
 use super::local_reply::{LocalError, Reason};
@@ -22,7 +20,7 @@ use crate::body::{BoxError, RequestBody};
 use crate::discovery::cluster::{Cluster, EndpointState};
 use crate::layers::outlier::{Outcome, Transition};
 use crate::metrics::Metrics;
-use crate::transport::client::Clients;
+use crate::transport::pool::{PooledBody, SendError};
 
 /// Endpoints this request has been sent to, shared by its attempts.
 #[derive(Clone, Debug, Default)]
@@ -47,24 +45,19 @@ pub struct HashKey(pub u64);
 /// Sends one attempt to an endpoint of `cluster`.
 #[derive(Clone, Debug)]
 pub struct Attempt {
-    clients: Clients,
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
 }
 
 impl Attempt {
-    pub fn new(clients: Clients, cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            clients,
-            cluster,
-            metrics,
-        }
+    pub fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
+        Self { cluster, metrics }
     }
 }
 
 type Inner = Either<
-    MapErr<ResponseFuture, fn(hyper_util::client::legacy::Error) -> BoxError>,
-    Ready<Result<Response<Incoming>, BoxError>>,
+    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, BoxError>> + Send>>,
+    Ready<Result<Response<PooledBody>, BoxError>>,
 >;
 
 pin_project! {
@@ -87,7 +80,7 @@ pin_project! {
 }
 
 impl Future for AttemptFuture {
-    type Output = Result<Response<Incoming>, BoxError>;
+    type Output = Result<Response<PooledBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -112,7 +105,7 @@ impl Report {
         &self.cluster.endpoints[self.index].state
     }
 
-    fn finished(self, result: &Result<Response<Incoming>, BoxError>) {
+    fn finished(self, result: &Result<Response<PooledBody>, BoxError>) {
         self.state().load.finish(self.started.elapsed());
         let outcome = match result {
             Ok(r) if r.status().is_server_error() => Outcome::ServerError {
@@ -148,18 +141,17 @@ fn fail(reason: Reason) -> AttemptFuture {
     }
 }
 
-fn classify(e: hyper_util::client::legacy::Error) -> BoxError {
+fn classify(e: SendError) -> BoxError {
     tracing::debug!(error = %e, "upstream request failed");
-    let reason = if e.is_connect() {
-        Reason::ConnectFailure
-    } else {
-        Reason::UpstreamReset
+    let reason = match e {
+        SendError::Connect { .. } => Reason::ConnectFailure,
+        SendError::Upstream(_) => Reason::UpstreamReset,
     };
     LocalError(reason).into()
 }
 
 impl tower::Service<Request<RequestBody>> for Attempt {
-    type Response = Response<Incoming>;
+    type Response = Response<PooledBody>;
     type Error = BoxError;
     type Future = AttemptFuture;
 
@@ -167,7 +159,7 @@ impl tower::Service<Request<RequestBody>> for Attempt {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<RequestBody>) -> AttemptFuture {
+    fn call(&mut self, req: Request<RequestBody>) -> AttemptFuture {
         let tried = req.extensions().get::<TriedEndpoints>().cloned();
         let avoid = tried
             .as_ref()
@@ -185,21 +177,11 @@ impl tower::Service<Request<RequestBody>> for Attempt {
         if let Some(tried) = &tried {
             tried.push(endpoint.authority.clone());
         }
-        let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(endpoint.authority.clone());
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return fail(Reason::BadRequest),
-        }
         endpoint.state.load.start();
-        let cluster = &self.cluster;
-        let client = cluster
-            .client
-            .get_or_init(|| self.clients.get(cluster.protocol, cluster.connect_timeout));
-        let request = client.request(req);
+        let pool = endpoint.pool.clone();
+        let send = async move { pool.send(req).await.map_err(classify) };
         AttemptFuture {
-            inner: Either::Left(request.map_err(classify as fn(_) -> BoxError)),
+            inner: Either::Left(Box::pin(send)),
             report: Some(Report {
                 cluster: self.cluster.clone(),
                 index: selected.index,

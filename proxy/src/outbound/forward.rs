@@ -22,7 +22,6 @@ use crate::layers::balance::stable_hash;
 use crate::layers::retry::{policy_for, RetryPolicy};
 use crate::layers::timeout::{Timeout, TimeoutKind};
 use crate::metrics::Metrics;
-use crate::transport::client::Clients;
 use crate::transport::listen::PeerAddr;
 
 /// A reply the proxy makes itself instead of an upstream response.
@@ -45,13 +44,12 @@ impl From<Reason> for LocalReply {
 /// Sends requests through their route's policies.
 #[derive(Clone, Debug)]
 pub struct Forward {
-    clients: Clients,
     metrics: Arc<Metrics>,
 }
 
 impl Forward {
-    pub fn new(clients: Clients, metrics: Arc<Metrics>) -> Self {
-        Self { clients, metrics }
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
     }
 
     pub async fn send(
@@ -111,11 +109,7 @@ impl Forward {
             },
             None => None,
         };
-        let attempt = Attempt::new(
-            self.clients.clone(),
-            destination.cluster.clone(),
-            self.metrics.clone(),
-        );
+        let attempt = Attempt::new(destination.cluster.clone(), self.metrics.clone());
         let inner = match &route.retry {
             Some(retry) => {
                 let policy: RetryPolicy =
@@ -206,12 +200,26 @@ fn prepare(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    parts.uri = Uri::from(path_and_query);
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.version = match destination.cluster.protocol {
-        Protocol::Http2 => Version::HTTP_2,
-        _ => Version::HTTP_11,
-    };
+    if destination.cluster.protocol == Protocol::Http2 {
+        // HTTP/2 carries the authority as :authority, from the URI.
+        let host = parts.headers.remove(HOST);
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .ok_or(Reason::BadRequest)?;
+        parts.uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Reason::BadRequest)?;
+        parts.version = Version::HTTP_2;
+    } else {
+        parts.uri = Uri::from(path_and_query);
+        parts.version = Version::HTTP_11;
+    }
     headers::apply(&mut parts.headers, route.request_headers.as_ref());
     headers::apply(&mut parts.headers, destination.request_headers.as_ref());
     Ok(())

@@ -1,5 +1,5 @@
 //! Sockets: serving accepted connections (HTTP/1 and HTTP/2 detected per
-//! connection) and pooled client connections to endpoints.
+//! connection) and the connection pool of each endpoint.
 
-pub mod client;
 pub mod listen;
+pub mod pool;

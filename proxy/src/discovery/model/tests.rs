@@ -1,6 +1,7 @@
 //! Tests of the compiled route table: host aliases, match order, weights.
 
 use super::*;
+use crate::discovery::cluster::Defaults;
 
 fn node(ns: &str, labels: &[(&str, &str)]) -> NodeConfig {
     NodeConfig {
@@ -60,7 +61,7 @@ fn table(node: &NodeConfig) -> RouteTable {
         &rules,
         &trellis_crds::Endpoints::from_service_entries(&rules),
     );
-    RouteTable::build(&config, node, None).expect("builds")
+    RouteTable::build(&config, node, None, &Defaults::default()).expect("builds")
 }
 
 fn route_name(t: &RouteTable, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
@@ -158,7 +159,8 @@ fn weighted_pick_follows_weights() {
         &rules,
         &trellis_crds::Endpoints::from_service_entries(&rules),
     );
-    let t = RouteTable::build(&config, &node("shop", &[]), None).expect("builds");
+    let t =
+        RouteTable::build(&config, &node("shop", &[]), None, &Defaults::default()).expect("builds");
     let route = t
         .host("reviews")
         .expect("host")
@@ -189,7 +191,8 @@ fn invalid_regex_is_refused() {
         }],
         ..Default::default()
     });
-    let errors = RouteTable::build(&config, &node("default", &[]), None).unwrap_err();
+    let errors =
+        RouteTable::build(&config, &node("default", &[]), None, &Defaults::default()).unwrap_err();
     assert!(
         errors[0].to_string().contains("invalid regex"),
         "{}",

@@ -1,0 +1,272 @@
+//! Connections to one endpoint: idle HTTP/1.1 connections reused one
+//! request at a time, or one shared HTTP/2 (h2c) connection; new ones are
+//! dialled within the destination's connect timeout, and a connection is
+//! retired after `maxRequestsPerConnection` requests. An HTTP/1 connection
+//! goes back to the idle list when its response body has been read to the
+//! end; a request that a stale idle connection could not even send is sent
+//! again on a fresh one.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+
+/// Idle HTTP/1 connections older than this are closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request could not get a response from the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("upstream: {0}")]
+    Upstream(#[from] hyper::Error),
+}
+
+/// How connections to an endpoint are made and retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub http2: bool,
+    pub connect_timeout: Duration,
+    /// 0 = unlimited.
+    pub max_requests_per_connection: u32,
+}
+
+#[derive(Debug)]
+struct Http1Conn {
+    sender: http1::SendRequest<RequestBody>,
+    used: u32,
+    idle_since: Instant,
+}
+
+#[derive(Debug)]
+struct Http2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    used: AtomicU32,
+}
+
+/// The connections of one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    address: String,
+    pub config: PoolConfig,
+    idle: Mutex<Vec<Http1Conn>>,
+    h2: tokio::sync::Mutex<Option<Http2Conn>>,
+}
+
+impl EndpointPool {
+    pub fn new(address: &str, config: PoolConfig) -> Self {
+        Self {
+            address: address.to_string(),
+            config,
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends `req` (origin-form URI and `Host` for HTTP/1; absolute URI for
+    /// HTTP/2) and returns the response with its body still streaming.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        if self.config.http2 {
+            self.send_http2(req).await
+        } else {
+            self.send_http1(req).await
+        }
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
+                None => (self.dial_http1().await?, false),
+            };
+            if conn.sender.ready().await.is_err() {
+                if reused {
+                    continue; // it closed while idle
+                }
+                return Err(SendError::Connect {
+                    endpoint: self.address.clone(),
+                    reason: "connection closed before the request".into(),
+                });
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    conn.used += 1;
+                    let max = self.config.max_requests_per_connection;
+                    let keep = (max == 0 || conn.used < max).then(|| (conn, self.clone()));
+                    return Ok(resp.map(|body| PooledBody::new(body, keep)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // never written on a stale connection: send it on another
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Upstream(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_http2(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut sender = {
+            let mut shared = self.h2.lock().await;
+            let reusable = shared.as_ref().is_some_and(|c| !c.sender.is_closed());
+            if !reusable {
+                *shared = Some(self.dial_http2().await?);
+            }
+            let conn = shared.as_ref().expect("set just above");
+            let sender = conn.sender.clone();
+            let n = conn.used.fetch_add(1, Ordering::Relaxed) + 1;
+            let max = self.config.max_requests_per_connection;
+            if max != 0 && n >= max {
+                *shared = None; // retire it: the next request dials anew
+            }
+            sender
+        };
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        Ok(resp.map(|body| PooledBody::new(body, None)))
+    }
+
+    fn checkout(&self) -> Option<Http1Conn> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.idle_since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, mut conn: Http1Conn) {
+        conn.idle_since = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
+
+    async fn dial(&self) -> Result<TokioIo<TcpStream>, SendError> {
+        let fail = |reason: String| SendError::Connect {
+            endpoint: self.address.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(
+            self.config.connect_timeout,
+            TcpStream::connect(self.address.as_str()),
+        )
+        .await
+        .map_err(|_| fail(format!("timed out after {:?}", self.config.connect_timeout)))?
+        .map_err(|e| fail(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn dial_http1(&self) -> Result<Http1Conn, SendError> {
+        let io = self.dial().await?;
+        let (sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection closed");
+            }
+        });
+        Ok(Http1Conn {
+            sender,
+            used: 0,
+            idle_since: Instant::now(),
+        })
+    }
+
+    async fn dial_http2(&self) -> Result<Http2Conn, SendError> {
+        let io = self.dial().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection closed");
+            }
+        });
+        Ok(Http2Conn {
+            sender,
+            used: AtomicU32::new(0),
+        })
+    }
+}
+
+/// An upstream response body; for HTTP/1 it returns its connection to the
+/// pool once read to the end (a body dropped early closes the connection).
+pub struct PooledBody {
+    body: Incoming,
+    give_back: Option<(Http1Conn, Arc<EndpointPool>)>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    fn new(body: Incoming, give_back: Option<(Http1Conn, Arc<EndpointPool>)>) -> Self {
+        let mut this = Self { body, give_back };
+        if http_body::Body::is_end_stream(&this.body) {
+            this.release(); // nothing to read: the server may never poll us
+        }
+        this
+    }
+
+    fn release(&mut self) {
+        if let Some((conn, pool)) = self.give_back.take() {
+            pool.checkin(conn);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.give_back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
