@@ -60,21 +60,18 @@ impl Balancer {
 }
 
 /// Power of two choices: two distinct random eligible endpoints, the one
-/// with the lower `cost` wins.
+/// with the lower `cost` wins. No allocation: each choice scans from a
+/// random start to the next eligible endpoint.
 fn p2c(n: usize, eligible: &dyn Fn(usize) -> bool, cost: impl Fn(usize) -> f64) -> Option<usize> {
-    let candidates: Vec<usize> = (0..n).filter(|i| eligible(*i)).collect();
-    match candidates.len() {
-        0 => None,
-        1 => Some(candidates[0]),
-        len => {
-            let a = fastrand::usize(..len);
-            let mut b = fastrand::usize(..len - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (a, b) = (candidates[a], candidates[b]);
-            Some(if cost(b) < cost(a) { b } else { a })
-        }
+    let from = |start: usize, skip: Option<usize>| {
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|i| Some(*i) != skip && eligible(*i))
+    };
+    let a = from(fastrand::usize(..n), None)?;
+    match from(fastrand::usize(..n), Some(a)) {
+        Some(b) if cost(b) < cost(a) => Some(b),
+        _ => Some(a),
     }
 }
 
