@@ -43,7 +43,9 @@ async fn retries_hide_transient_503s() -> Result<()> {
     let proxy = Proxy::start(&rules::service("reviews", &[("v1", &v1)], &vs))?;
     let client = client::http1();
     // 200 requests at 20/s: half of them fail their first attempt with 503.
-    // (At this rate the default retry budget, 20% + 10/s, does not bind.)
+    // (At this rate the default retry budget, 20% + 10/s, does not bind once
+    // its 10/s floor has had a second to accrue, as on any running proxy.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let n = 200u64;
     let start = tokio::time::Instant::now();
     let mut ok = 0;
@@ -92,6 +94,8 @@ async fn post_is_not_retried_after_reaching_upstream_but_get_is() -> Result<()> 
     let proxy = Proxy::start(&text)?;
     let client = client::http1();
     let fail = [("x-echo-fail-once", "1")];
+    // a second for the retry budget's 10/s floor to accrue after start-up
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let post = send(
         &client,
         proxy.outbound,

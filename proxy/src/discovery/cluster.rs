@@ -237,12 +237,15 @@ impl Cluster {
         let Some(endpoint) = self.endpoints.get(index) else {
             return Transition::None;
         };
-        let out = self
-            .endpoints
-            .iter()
-            .filter(|e| e.state.outlier.is_out())
-            .count();
-        let may_eject = out < max_ejected(self.endpoints.len(), cfg.max_ejection_percent);
+        // Counting the ejected endpoints takes a lock each: only on failure.
+        let may_eject = outcome != Outcome::Success && {
+            let out = self
+                .endpoints
+                .iter()
+                .filter(|e| e.state.outlier.is_out())
+                .count();
+            out < max_ejected(self.endpoints.len(), cfg.max_ejection_percent)
+        };
         endpoint
             .state
             .outlier

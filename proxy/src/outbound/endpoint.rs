@@ -27,8 +27,13 @@ use crate::transport::pool::{PooledBody, SendError};
 pub struct TriedEndpoints(Arc<Mutex<Vec<Authority>>>);
 
 impl TriedEndpoints {
-    fn snapshot(&self) -> Vec<Authority> {
-        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    /// Runs `f` on the endpoints tried so far.
+    fn with<T>(&self, f: impl FnOnce(&[Authority]) -> T) -> T {
+        let tried = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&tried)
     }
 
     fn push(&self, endpoint: Authority) {
@@ -161,12 +166,12 @@ impl tower::Service<Request<RequestBody>> for Attempt {
 
     fn call(&mut self, req: Request<RequestBody>) -> AttemptFuture {
         let tried = req.extensions().get::<TriedEndpoints>().cloned();
-        let avoid = tried
-            .as_ref()
-            .map(TriedEndpoints::snapshot)
-            .unwrap_or_default();
         let key = req.extensions().get::<HashKey>().map(|k| k.0);
-        let Some(selected) = self.cluster.select(key, &avoid) else {
+        let selected = match &tried {
+            Some(tried) => tried.with(|avoid| self.cluster.select(key, avoid)),
+            None => self.cluster.select(key, &[]),
+        };
+        let Some(selected) = selected else {
             return fail(Reason::NoHealthyUpstream);
         };
         if selected.panic {

@@ -47,8 +47,13 @@ impl RetryBudget {
 
     /// Takes one retry; false when the budget is spent.
     pub fn withdraw(&self) -> bool {
-        let elapsed = self.created.elapsed().min(self.bucket * BUCKETS as u32);
-        let floor = self.min_per_sec * elapsed.as_secs_f64().max(1.0);
+        // The floor covers exactly the time the buckets cover: the full
+        // older buckets plus the elapsed part of the current one.
+        let elapsed = self.created.elapsed();
+        let bucket_ns = self.bucket.as_nanos().max(1);
+        let into_current = Duration::from_nanos((elapsed.as_nanos() % bucket_ns) as u64);
+        let span = (self.bucket * (BUCKETS as u32 - 1) + into_current).min(elapsed);
+        let floor = self.min_per_sec * span.as_secs_f64();
         self.with_window(|w, i| {
             let requests: u64 = w.requests.iter().sum();
             let retries: u64 = w.retries.iter().sum();
@@ -104,14 +109,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allows_the_floor_then_a_fifth_of_requests() {
+    fn allows_a_fifth_of_requests_plus_the_floor_so_far() {
         let b = RetryBudget::new(Duration::from_secs(10), 10, 0.2);
         for _ in 0..100 {
             b.deposit();
         }
-        // within the first second: floor 10 + 20% of 100
+        // at once: 20% of 100, and a floor of ~0 (no time has passed)
         let granted = (0..100).filter(|_| b.withdraw()).count();
-        assert_eq!(granted, 30);
+        assert_eq!(granted, 20);
+        std::thread::sleep(Duration::from_millis(300));
+        // 0.3 s later: about 3 more from the floor of 10/s
+        let more = (0..100).filter(|_| b.withdraw()).count();
+        assert!((2..=4).contains(&more), "{more}");
     }
 
     #[test]

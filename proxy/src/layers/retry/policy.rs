@@ -216,6 +216,11 @@ mod tests {
         )
     }
 
+    /// A budget that never binds: for tests about something else.
+    fn ample() -> Arc<RetryBudget> {
+        Arc::new(RetryBudget::new(Duration::from_secs(10), 0, 100.0))
+    }
+
     /// Runs one request through `Retry` over a backend answering `statuses`:
     /// (final status, backend calls).
     async fn run(statuses: Vec<u16>, p: RetryPolicy) -> (u16, usize) {
@@ -232,19 +237,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_until_success() {
-        let p = policy(3, &["5xx"], true, Arc::default());
+        let p = policy(3, &["5xx"], true, ample());
         assert_eq!(run(vec![503, 503, 200], p).await, (200, 3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn exhausted_returns_last_response() {
-        let p = policy(2, &["5xx"], true, Arc::default());
+        let p = policy(2, &["5xx"], true, ample());
         assert_eq!(run(vec![503, 503, 503, 503], p).await, (503, 3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn unsafe_requests_are_not_retried_after_reaching_upstream() {
-        let p = policy(3, &["5xx"], false, Arc::default());
+        let p = policy(3, &["5xx"], false, ample());
         assert_eq!(run(vec![503, 200], p).await, (503, 1));
     }
 
@@ -260,10 +265,10 @@ mod tests {
     async fn max_retries_gate_stops_retries() {
         let gate = Arc::new(RetryGate::new(1, "s", ""));
         assert!(gate.enter(), "another request holds the only retry slot");
-        let p = policy(3, &["5xx"], true, Arc::default()).with_gate(Some(gate.clone()));
+        let p = policy(3, &["5xx"], true, ample()).with_gate(Some(gate.clone()));
         assert_eq!(run(vec![503, 200], p).await, (503, 1));
         gate.leave();
-        let p = policy(3, &["5xx"], true, Arc::default()).with_gate(Some(gate.clone()));
+        let p = policy(3, &["5xx"], true, ample()).with_gate(Some(gate.clone()));
         assert_eq!(run(vec![503, 200], p).await, (200, 2));
         assert!(gate.enter(), "the slot was given back");
     }
