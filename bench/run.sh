@@ -139,13 +139,18 @@ run() { # name port pid
     P50[$name]=$(awk '$1=="50%" {print $2}' <<<"$out")
     P99[$name]=$(awk '$1=="99%" {print $2}' <<<"$out")
     if [ -n "$pid" ]; then
-        local before after n
-        before=$(cpu_ticks "$pid")
-        out=$(taskset -c 1 wrk -t1 -c10 -d"${DURATION}s" -s "$WORK/pace.lua" -H 'Host: bench' "http://127.0.0.1:$port/")
-        after=$(cpu_ticks "$pid")
-        n=$(awk '/requests in/ {print $1}' <<<"$out")
-        PACED_RPS[$name]=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-        CPU_US[$name]=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a" }')
+        # CPU per request at a fixed rate: median of three paced runs.
+        local samples=() rates=() before after n i
+        for i in 1 2 3; do
+            before=$(cpu_ticks "$pid")
+            out=$(taskset -c 1 wrk -t1 -c10 -d"${DURATION}s" -s "$WORK/pace.lua" -H 'Host: bench' "http://127.0.0.1:$port/")
+            after=$(cpu_ticks "$pid")
+            n=$(awk '/requests in/ {print $1}' <<<"$out")
+            samples+=("$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')")
+            rates+=("$(awk '/^Requests\/sec/ {printf "%.0f", $2}' <<<"$out")")
+        done
+        CPU_US[$name]=$(printf '%s\n' "${samples[@]}" | sort -n | sed -n 2p)
+        PACED_RPS[$name]=$(printf '%s\n' "${rates[@]}" | sort -n | sed -n 2p)
         RSS[$name]=$(( $(rss_kib "$pid") / 1024 ))
     else
         CPU_US[$name]="-"; RSS[$name]="-"; PACED_RPS[$name]="-"
@@ -193,7 +198,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo '```'
     echo
     echo "Latency columns are wrk's at max load ($CONNS connections). CPU µs/req = (utime + stime of the"
-    echo "proxy process, from /proc, during the paced run) / requests completed in that run."
+    echo "proxy process, from /proc, during a paced run) / requests completed in it; median of three runs."
     echo "<!-- bench/run.sh: end -->"
 } > "$WORK/section.md"
 if [ -f "$OUT" ] && grep -q 'bench/run.sh: begin' "$OUT"; then
