@@ -9,6 +9,20 @@ pub fn service(host: &str, backends: &[(&str, &Echo)], extra: &str) -> String {
     service_with_policy(host, backends, "", extra)
 }
 
+/// A `VirtualService` for `host` whose `http:` list is `http` (YAML lines
+/// starting at two spaces of indentation).
+pub fn virtual_service(host: &str, http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  http:
+{http}"
+    )
+}
+
 /// Only the `ServiceEntry` of [`service`] (for tests that bring their own
 /// DestinationRule, such as Istio's samples).
 pub fn service_entry(host: &str, backends: &[(&str, &Echo)]) -> String {

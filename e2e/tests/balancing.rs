@@ -11,15 +11,8 @@ use trellis_e2e::client::{self, blocking_get, get};
 use trellis_e2e::harness::{Echo, Proxy};
 use trellis_e2e::rules;
 
-fn any_route() -> &'static str {
-    "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{destination: {host: reviews}}]
-"
+fn any_route() -> String {
+    rules::virtual_service("reviews", "  - route: [{destination: {host: reviews}}]\n")
 }
 
 fn requests_of(echo: &Echo) -> Result<u64> {
@@ -41,7 +34,7 @@ async fn failing_endpoint_is_ejected_then_restored_by_one_probe() -> Result<()> 
         "reviews",
         &[("a", &a), ("b", &b), ("bad", &bad)],
         policy,
-        any_route(),
+        &any_route(),
     ))?;
     let client = client::http1();
     // Round robin reaches the bad endpoint every third request: 3 errors in
@@ -118,7 +111,7 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() -> Result<()> {
         "reviews",
         &backends,
         policy,
-        any_route(),
+        &any_route(),
     ))?;
     let client = client::http1();
     let mut owners: HashMap<String, HashSet<String>> = HashMap::new();
@@ -157,7 +150,7 @@ async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
         "reviews",
         &[("v1", &slow)],
         policy,
-        any_route(),
+        &any_route(),
     ))?;
     let client = client::http1();
     let tasks: Vec<_> = (0..20)
@@ -214,7 +207,7 @@ async fn connections_are_reused_until_max_requests_per_connection() -> Result<()
             "reviews",
             &[("v1", &echo)],
             policy,
-            any_route(),
+            &any_route(),
         ))?;
         let client = client::http1();
         let before = connections(&echo)?;

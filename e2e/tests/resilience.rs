@@ -12,15 +12,7 @@ use trellis_e2e::harness::{Echo, Proxy};
 use trellis_e2e::rules;
 
 fn route(http: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-{http}"
-    )
+    rules::virtual_service("reviews", http)
 }
 
 async fn stats(echo: &Echo) -> Result<serde_json::Value> {

@@ -17,17 +17,14 @@ fn rules(backends: &[(&str, &Echo)], routes: &str) -> String {
 }
 
 fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
+    trellis_e2e::rules::virtual_service(
+        "reviews",
+        &format!(
+            "  - route:
     - {{destination: {{host: reviews, subset: v1}}, weight: {v1}}}
     - {{destination: {{host: reviews, subset: v2}}, weight: {v2}}}
 "
+        ),
     )
 }
 

@@ -7,6 +7,15 @@ use std::process::Command;
 use anyhow::Result;
 use trellis_e2e::harness::{bin, TempDir};
 
+/// Runs `trellisctl validate -f FILES...`.
+fn validate(files: &[&std::path::Path]) -> Result<std::process::Output> {
+    Ok(Command::new(bin("trellisctl")?)
+        .arg("validate")
+        .arg("-f")
+        .args(files)
+        .output()?)
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/istio-bookinfo")
 }
@@ -60,11 +69,7 @@ fn every_example_validates() -> Result<()> {
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = Command::new(bin("trellisctl")?)
-                .arg("validate")
-                .arg("-f")
-                .arg(&path)
-                .output()?;
+            let out = validate(&[&path])?;
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(out.status.success(), "{}: {stdout}", path.display());
             checked += 1;
@@ -89,11 +94,7 @@ fn broken_file_reports_every_error_with_position_and_exits_1() -> Result<()> {
         std::fs::read_to_string(fixtures().join("destination-rule-all.yaml"))?.trim_end_matches("---\n")
     );
     std::fs::write(&broken, text)?;
-    let out = Command::new(bin("trellisctl")?)
-        .arg("validate")
-        .arg("-f")
-        .arg(&broken)
-        .output()?;
+    let out = validate(&[&broken])?;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let name = broken.display().to_string();
@@ -108,11 +109,7 @@ fn broken_file_reports_every_error_with_position_and_exits_1() -> Result<()> {
     // Fix the type error: now the validation errors all come out at once.
     let text = std::fs::read_to_string(&broken)?.replace("weight: lots", "weight: 100");
     std::fs::write(&broken, text)?;
-    let out = Command::new(bin("trellisctl")?)
-        .arg("validate")
-        .arg("-f")
-        .arg(&broken)
-        .output()?;
+    let out = validate(&[&broken])?;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
