@@ -127,10 +127,6 @@ impl Process {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Fails if the process has exited.
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -219,6 +215,12 @@ impl Echo {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The backend's `/_echo/stats` (requests, connections, cancellations).
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let (_, body) = crate::client::blocking_get(self.addr, "/_echo/stats")?;
+        Ok(serde_json::from_str(&body)?)
     }
 }
 

@@ -23,11 +23,29 @@ spec:
     )
 }
 
-/// Only the `ServiceEntry` of [`service`] (for tests that bring their own
+/// The `ServiceEntry` of [`service`] alone (for tests that bring their own
 /// DestinationRule, such as Istio's samples).
 pub fn service_entry(host: &str, backends: &[(&str, &Echo)]) -> String {
-    let full = service(host, backends, "");
-    full.split("---\n").next().unwrap_or_default().to_string()
+    let endpoints: String = backends
+        .iter()
+        .map(|(v, e)| {
+            format!(
+                "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n",
+                e.port()
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: networking.trellis.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+{endpoints}"
+    )
 }
 
 /// As [`service`], with `policy` (YAML lines indented under
@@ -38,15 +56,6 @@ pub fn service_with_policy(
     policy: &str,
     extra: &str,
 ) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|(v, e)| {
-            format!(
-                "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n",
-                e.port()
-            )
-        })
-        .collect();
     let subsets: String = backends
         .iter()
         .map(|(v, _)| format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"))
@@ -57,15 +66,7 @@ pub fn service_with_policy(
         format!("  trafficPolicy:\n{policy}")
     };
     format!(
-        "apiVersion: networking.trellis.io/v1
-kind: ServiceEntry
-metadata: {{name: {host}}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-{endpoints}---
+        "{}---
 apiVersion: networking.trellis.io/v1
 kind: DestinationRule
 metadata: {{name: {host}}}
@@ -73,6 +74,7 @@ spec:
   host: {host}
 {policy}  subsets:
 {subsets}---
-{extra}"
+{extra}",
+        service_entry(host, backends)
     )
 }

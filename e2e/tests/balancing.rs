@@ -16,9 +16,7 @@ fn any_route() -> String {
 }
 
 fn requests_of(echo: &Echo) -> Result<u64> {
-    let (_, body) = blocking_get(echo.addr, "/_echo/stats")?;
-    let stats: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(stats["requests"].as_u64().unwrap_or(0))
+    Ok(echo.stats()?["requests"].as_u64().unwrap_or(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,11 +188,8 @@ async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_until_max_requests_per_connection() -> Result<()> {
-    let connections = |echo: &Echo| -> Result<u64> {
-        let (_, body) = blocking_get(echo.addr, "/_echo/stats")?;
-        let stats: serde_json::Value = serde_json::from_str(&body)?;
-        Ok(stats["connections"].as_u64().unwrap_or(0))
-    };
+    let connections =
+        |echo: &Echo| -> Result<u64> { Ok(echo.stats()?["connections"].as_u64().unwrap_or(0)) };
     for (policy, want) in [
         ("", 1),
         (

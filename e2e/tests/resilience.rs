@@ -15,13 +15,9 @@ fn route(http: &str) -> String {
     rules::virtual_service("reviews", http)
 }
 
+/// `Echo::stats` off the runtime's threads.
 async fn stats(echo: &Echo) -> Result<serde_json::Value> {
-    let (_, body) = tokio::task::spawn_blocking({
-        let addr = echo.addr;
-        move || client::blocking_get(addr, "/_echo/stats")
-    })
-    .await??;
-    Ok(serde_json::from_str(&body)?)
+    tokio::task::block_in_place(|| echo.stats())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
