@@ -80,7 +80,7 @@ fn balancer_name(b: &Balancer) -> &'static str {
 }
 
 /// "healthy", "probing", or "ejected for 12.3s more".
-fn health(h: Health, now: std::time::Instant) -> String {
+fn health(h: Health, now: tokio::time::Instant) -> String {
     match h {
         Health::Healthy => "healthy".into(),
         Health::Probing => "probing".into(),
@@ -92,7 +92,7 @@ fn health(h: Health, now: std::time::Instant) -> String {
 }
 
 pub fn config_dump(table: &RouteTable) -> serde_json::Value {
-    let now = std::time::Instant::now();
+    let now = tokio::time::Instant::now();
     let hosts: Vec<_> = table
         .virtual_hosts
         .iter()
@@ -122,12 +122,12 @@ pub fn config_dump(table: &RouteTable) -> serde_json::Value {
                 "service": c.service,
                 "subset": c.subset,
                 "protocol": c.protocol.as_str_name(),
-                "balancer": balancer_name(&c.balancer),
+                "balancer": balancer_name(&c.targets.balancer),
                 "endpoints": c.endpoints.iter().map(|e| json!({
                     "address": e.authority.as_str(),
                     "labels": e.labels,
-                    "in_flight": e.state.load.in_flight(),
-                    "state": health(e.state.outlier.health(), now),
+                    "in_flight": e.load.in_flight(),
+                    "state": health(e.health.health(), now),
                 })).collect::<Vec<_>>(),
                 "retry_budget": c.budget.describe(),
             })

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use crate::admin::Admin;
 use crate::config::{Config, DiscoveryConfig};
 use crate::discovery::static_file::StaticFile;
-use crate::discovery::{ConfigStore, Defaults};
+use crate::discovery::{ConfigStore, Env};
 use crate::metrics::Metrics;
 use crate::outbound::forward::Forward;
 use crate::outbound::Outbound;
@@ -63,8 +63,9 @@ impl App {
                     store.clone(),
                     metrics.clone(),
                     self.config.node.clone(),
-                    Defaults {
+                    Env {
                         connect_timeout: self.config.outbound.connect_timeout,
+                        metrics: metrics.clone(),
                     },
                 );
                 tasks.spawn(source.run(rx.clone()));

@@ -26,47 +26,6 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A streamed upstream body that keeps `guard` (a pool slot) until it ends
-/// or is dropped.
-pub fn stream_holding<B, G>(body: B, guard: G) -> ProxyBody
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-    G: Send + Unpin + 'static,
-{
-    Holding {
-        body,
-        _guard: guard,
-    }
-    .map_err(Into::into)
-    .boxed_unsync()
-}
-
-struct Holding<B, G> {
-    body: B,
-    _guard: G,
-}
-
-impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for Holding<B, G> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// Bodies up to this size are buffered so a retry can send them again.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 

@@ -159,10 +159,11 @@ impl Metrics {
         self.retries.get_or_create(&RetryLabels { reason }).inc();
     }
 
-    pub fn ejection(&self, service: &str, subset: &str) {
+    /// The `trellis_outlier_ejections_total` counter of a destination.
+    pub fn ejections_of(&self, service: &str, subset: &str) -> Counter {
         self.outlier_ejections
             .get_or_create(&destination(service, subset))
-            .inc();
+            .clone()
     }
 
     pub fn overflow(&self, service: &str, subset: &str) {
@@ -171,10 +172,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn panic(&self, service: &str, subset: &str) {
+    /// The `trellis_outlier_panic_total` counter of a destination.
+    pub fn panics_of(&self, service: &str, subset: &str) -> Counter {
         self.outlier_panic
             .get_or_create(&destination(service, subset))
-            .inc();
+            .clone()
     }
 
     /// Sets `trellis_endpoints` from the clusters in use (called per scrape).

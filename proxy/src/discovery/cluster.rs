@@ -1,23 +1,22 @@
 //! A destination (service, subset) as the proxy runs it: its endpoints with
-//! their shared load and outlier state, its balancer, hash policy, outlier
-//! settings and retry budget. State that must outlive a config reload
+//! their connection pools, the balancer's [`Targets`] (load and health of
+//! each endpoint), the [`OutlierGroup`], pool limits and retry budget. State that must outlive a config reload
 //! (endpoint load and health, the budget) is carried over from the previous
 //! cluster of the same name.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_api as api;
 
 use super::model::ModelError;
-use crate::layers::balance::{Balancer, EndpointLoad, Ring};
+use crate::layers::balance::{Balancer, EndpointLoad, Ring, Targets};
 use crate::layers::breaker::{PoolLimit, RetryGate};
-use crate::layers::outlier::{
-    max_ejected, Health, Outcome, OutlierConfig, OutlierState, Transition,
-};
+use crate::layers::outlier::{Member, OutlierConfig, OutlierGroup, OutlierState};
 use crate::layers::retry::RetryBudget;
+use crate::metrics::Metrics;
 use crate::transport::pool::{EndpointPool, PoolConfig};
 
 /// A (service, subset) and its endpoints.
@@ -28,10 +27,12 @@ pub struct Cluster {
     pub subset: String,
     pub protocol: api::Protocol,
     pub endpoints: Vec<Endpoint>,
-    pub balancer: Balancer,
+    /// What the balancer picks from, index for index with `endpoints`.
+    pub targets: Arc<Targets>,
     /// What consistent hashing hashes, if the destination uses it.
     pub hash: Option<HashPolicy>,
-    pub outlier: Option<OutlierConfig>,
+    /// Outlier detection, when configured.
+    pub outlier: Option<Arc<OutlierGroup>>,
     /// Caps retries to this destination.
     pub budget: Arc<RetryBudget>,
     /// `connectionPool` request limits, when any is set.
@@ -45,32 +46,28 @@ pub struct Endpoint {
     /// `address:port`, the URI authority used to reach it.
     pub authority: http::uri::Authority,
     pub labels: HashMap<String, String>,
-    pub state: Arc<EndpointState>,
+    pub load: Arc<EndpointLoad>,
+    pub health: Arc<OutlierState>,
     /// Connections to this endpoint.
     pub pool: Arc<EndpointPool>,
 }
 
-/// Settings that come from the proxy's flags rather than the rules.
-#[derive(Clone, Copy, Debug)]
-pub struct Defaults {
+/// What clusters are built with besides the rules: settings from the
+/// proxy's flags, and the metrics their layers count into.
+#[derive(Clone, Debug)]
+pub struct Env {
     /// Connect timeout of destinations without `connectTimeout`.
     pub connect_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
-impl Default for Defaults {
+impl Default for Env {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(1),
+            metrics: Arc::new(Metrics::new()),
         }
     }
-}
-
-/// Load and health of one endpoint, shared by all connections and kept
-/// across config reloads.
-#[derive(Debug, Default)]
-pub struct EndpointState {
-    pub load: EndpointLoad,
-    pub outlier: OutlierState,
 }
 
 /// `consistentHash` key source.
@@ -82,20 +79,12 @@ pub enum HashPolicy {
     QueryParameter(String),
 }
 
-/// The balancer's choice for one attempt.
-#[derive(Debug, Clone, Copy)]
-pub struct Selected {
-    pub index: usize,
-    /// Every endpoint was ejected: sent anyway.
-    pub panic: bool,
-}
-
 impl Cluster {
     /// Builds `c`, reusing endpoint state, connections and budget from `previous`.
     pub fn build(
         c: &api::Cluster,
         previous: Option<&Cluster>,
-        defaults: &Defaults,
+        env: &Env,
     ) -> Result<Self, ModelError> {
         let policy = c.policy.as_ref();
         let pool_cfg = policy.and_then(|p| p.connection_pool.as_ref());
@@ -105,7 +94,7 @@ impl Cluster {
                 .and_then(|p| p.connect_timeout)
                 .and_then(|d| Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero())
-                .unwrap_or(defaults.connect_timeout),
+                .unwrap_or(env.connect_timeout),
             max_requests_per_connection: pool_cfg.map_or(0, |p| p.max_requests_per_connection),
         };
         let endpoints = c
@@ -125,7 +114,8 @@ impl Cluster {
                     })?;
                 let old = previous
                     .and_then(|p| p.endpoints.iter().find(|old| old.authority == authority));
-                let state = old.map(|old| old.state.clone()).unwrap_or_default();
+                let load = old.map(|old| old.load.clone()).unwrap_or_default();
+                let health = old.map(|old| old.health.clone()).unwrap_or_default();
                 let pool = old
                     .map(|old| old.pool.clone())
                     .filter(|pool| pool.config == pool_config)
@@ -135,7 +125,8 @@ impl Cluster {
                 Ok(Endpoint {
                     authority,
                     labels: e.labels.clone(),
-                    state,
+                    load,
+                    health,
                     pool,
                 })
             })
@@ -160,19 +151,39 @@ impl Cluster {
         };
         let outlier = policy
             .and_then(|p| p.outlier_detection.as_ref())
-            .map(|o| OutlierConfig {
-                consecutive_5xx: o.consecutive_5xx_errors,
-                consecutive_gateway: o.consecutive_gateway_errors,
-                base_ejection: o
-                    .base_ejection_time
-                    .and_then(|d| Duration::try_from(d).ok())
-                    .unwrap_or(Duration::from_secs(30)),
-                max_ejection_percent: if o.max_ejection_percent == 0 {
-                    10
-                } else {
-                    o.max_ejection_percent
+            .map(|o| OutlierGroup {
+                config: OutlierConfig {
+                    consecutive_5xx: o.consecutive_5xx_errors,
+                    consecutive_gateway: o.consecutive_gateway_errors,
+                    base_ejection: o
+                        .base_ejection_time
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .unwrap_or(Duration::from_secs(30)),
+                    max_ejection_percent: if o.max_ejection_percent == 0 {
+                        10
+                    } else {
+                        o.max_ejection_percent
+                    },
                 },
-            });
+                members: endpoints
+                    .iter()
+                    .map(|e| Member {
+                        endpoint: e.authority.to_string(),
+                        state: e.health.clone(),
+                    })
+                    .collect(),
+                ejections: env.metrics.ejections_of(&c.service, &c.subset),
+                name: c.name.clone(),
+            })
+            .map(Arc::new);
+        let targets = Arc::new(Targets {
+            balancer,
+            loads: endpoints.iter().map(|e| e.load.clone()).collect(),
+            health: outlier
+                .as_ref()
+                .map(|_| endpoints.iter().map(|e| e.health.clone()).collect()),
+            panic: env.metrics.panics_of(&c.service, &c.subset),
+        });
         let limit = |v: u32| if v == 0 { usize::MAX } else { v as usize };
         let pool = pool_cfg
             .map(|p| {
@@ -201,66 +212,19 @@ impl Cluster {
             subset: c.subset.clone(),
             protocol: c.protocol(),
             endpoints,
-            balancer,
+            targets,
             hash,
             outlier,
             budget: previous.map(|p| p.budget.clone()).unwrap_or_default(),
         })
     }
 
-    /// Picks an endpoint for one attempt: among available endpoints, those
-    /// not yet `tried` by this request when there are any; when every
-    /// endpoint is ejected, among all (panic mode).
-    pub fn select(&self, key: Option<u64>, tried: &[http::uri::Authority]) -> Option<Selected> {
-        let n = self.endpoints.len();
-        let now = Instant::now();
-        let load = |i: usize| &self.endpoints[i].state.load;
-        let available =
-            |i: usize| self.outlier.is_none() || self.endpoints[i].state.outlier.available(now);
-        let fresh = |i: usize| available(i) && !tried.contains(&self.endpoints[i].authority);
-        let pick = |eligible: &dyn Fn(usize) -> bool| self.balancer.pick(n, &load, eligible, key);
-        if let Some(index) = pick(&fresh).or_else(|| pick(&available)) {
-            self.endpoints[index].state.outlier.admit(now);
-            return Some(Selected {
-                index,
-                panic: false,
-            });
-        }
-        pick(&|_| true).map(|index| Selected { index, panic: true })
-    }
-
-    /// Records the outcome of an attempt at endpoint `index`.
-    pub fn report(&self, index: usize, outcome: Outcome) -> Transition {
-        let Some(cfg) = &self.outlier else {
-            return Transition::None;
-        };
-        let Some(endpoint) = self.endpoints.get(index) else {
-            return Transition::None;
-        };
-        // Counting the ejected endpoints takes a lock each: only on failure.
-        let may_eject = outcome != Outcome::Success && {
-            let out = self
-                .endpoints
-                .iter()
-                .filter(|e| e.state.outlier.is_out())
-                .count();
-            out < max_ejected(self.endpoints.len(), cfg.max_ejection_percent)
-        };
-        endpoint
-            .state
-            .outlier
-            .report(outcome, cfg, may_eject, Instant::now())
-    }
-
     /// Endpoints by health: (healthy, ejected, probing).
     pub fn health_counts(&self) -> (usize, usize, usize) {
-        self.endpoints
-            .iter()
-            .fold((0, 0, 0), |(h, e, p), ep| match ep.state.outlier.health() {
-                Health::Healthy => (h + 1, e, p),
-                Health::Ejected { .. } => (h, e + 1, p),
-                Health::Probing => (h, e, p + 1),
-            })
+        match &self.outlier {
+            Some(group) => group.health_counts(),
+            None => (self.endpoints.len(), 0, 0),
+        }
     }
 }
 
@@ -301,39 +265,52 @@ mod tests {
             }),
             ..Default::default()
         };
-        Cluster::build(&c, None, &Defaults::default()).expect("valid cluster")
+        Cluster::build(&c, None, &Env::default()).expect("valid cluster")
     }
 
     #[test]
-    fn retries_avoid_endpoints_already_tried() {
-        let c = cluster(3, false);
-        for _ in 0..50 {
-            let tried = vec![
-                c.endpoints[0].authority.clone(),
-                c.endpoints[1].authority.clone(),
-            ];
-            let s = c.select(None, &tried).expect("an endpoint");
-            assert_eq!(s.index, 2);
-        }
-        // all tried: any endpoint rather than none
-        let all: Vec<_> = c.endpoints.iter().map(|e| e.authority.clone()).collect();
-        assert!(c.select(None, &all).is_some());
-    }
-
-    #[test]
-    fn ejected_endpoints_are_skipped_until_all_are_out() {
-        let c = cluster(2, true);
+    fn endpoint_state_survives_a_reload_and_lines_up_with_the_layers() {
+        let first = cluster(3, true);
+        first.endpoints[1].load.start();
+        let mut next = api::Cluster {
+            name: "c".into(),
+            endpoints: (1..4)
+                .map(|i| api::Endpoint {
+                    address: "127.0.0.1".into(),
+                    port: 1000 + i,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        next.policy = Some(api::TrafficPolicy {
+            outlier_detection: Some(api::OutlierDetection {
+                consecutive_5xx_errors: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let second = Cluster::build(&next, Some(&first), &Env::default()).expect("valid");
+        // port 1001 was index 1 and is now index 0: same load, same health
+        assert!(Arc::ptr_eq(
+            &first.endpoints[1].load,
+            &second.endpoints[0].load
+        ));
+        assert!(Arc::ptr_eq(
+            &first.endpoints[1].health,
+            &second.endpoints[0].health
+        ));
+        assert_eq!(second.targets.loads[0].in_flight(), 1);
         assert_eq!(
-            c.report(0, Outcome::ServerError { gateway: false }),
-            Transition::Ejected(Duration::from_secs(30))
+            second.endpoints[2].load.in_flight(),
+            0,
+            "a new endpoint starts empty"
         );
-        for _ in 0..50 {
-            let s = c.select(None, &[]).expect("an endpoint");
-            assert_eq!((s.index, s.panic), (1, false));
+        let group = second.outlier.as_ref().expect("outlier detection on");
+        for (i, e) in second.endpoints.iter().enumerate() {
+            assert!(Arc::ptr_eq(&group.members[i].state, &e.health));
+            assert!(Arc::ptr_eq(&second.targets.loads[i], &e.load));
         }
-        c.report(1, Outcome::GatewayFailure);
-        assert_eq!(c.health_counts(), (0, 2, 0));
-        let s = c.select(None, &[]).expect("panic mode still sends");
-        assert!(s.panic);
+        assert!(Arc::ptr_eq(&first.budget, &second.budget));
     }
 }

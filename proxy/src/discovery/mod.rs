@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use cluster::{Cluster, Defaults, Endpoint};
+pub use cluster::{Cluster, Endpoint, Env};
 pub use model::{ModelError, Route, RouteTable, VirtualHost};
 
 /// The configuration in use. Readers take a snapshot per request; a new

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use trellis_api as api;
 
-use super::cluster::{Cluster, Defaults};
+use super::cluster::{Cluster, Env};
 use super::matcher::{CompiledMatch, MatchError, RequestView};
 use crate::config::NodeConfig;
 use crate::layers::retry::RetryConditions;
@@ -137,14 +137,14 @@ impl RouteTable {
         config: &api::ProxyConfig,
         node: &NodeConfig,
         previous: Option<&RouteTable>,
-        defaults: &Defaults,
+        env: &Env,
     ) -> Result<Self, Vec<ModelError>> {
         let mut errors = Vec::new();
         let clusters: HashMap<&str, Arc<Cluster>> = config
             .clusters
             .iter()
             .filter_map(|c| {
-                match Cluster::build(c, previous.and_then(|p| p.cluster(&c.name)), defaults) {
+                match Cluster::build(c, previous.and_then(|p| p.cluster(&c.name)), env) {
                     Ok(built) => Some((c.name.as_str(), Arc::new(built))),
                     Err(e) => {
                         errors.push(e);

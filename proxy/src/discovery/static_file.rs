@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use trellis_crds::{compile, load_str, validate, Endpoints};
 
-use super::{ConfigStore, Defaults, RouteTable};
+use super::{ConfigStore, Env, RouteTable};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
@@ -24,7 +24,7 @@ pub struct StaticFile {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
     node: NodeConfig,
-    defaults: Defaults,
+    env: Env,
     /// Accepted configs so far; the version of the next is one more.
     version: u64,
     /// Hash of the last content seen, valid or not.
@@ -39,10 +39,10 @@ impl StaticFile {
         store: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         node: NodeConfig,
-        defaults: Defaults,
+        env: Env,
     ) -> Self {
         Self {
-            defaults,
+            env,
             path,
             interval,
             store,
@@ -116,7 +116,7 @@ impl StaticFile {
         config.version = self.version + 1;
         config.source = format!("file:{name}");
         let previous = self.store.load();
-        let table = RouteTable::build(&config, &self.node, Some(&previous), &self.defaults)
+        let table = RouteTable::build(&config, &self.node, Some(&previous), &self.env)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         self.version += 1;
         self.store.store(table);

@@ -1,8 +1,10 @@
 //! Tower middleware of the request path, one folder each in tower's shape
-//! (service in `mod.rs`, `layer.rs`, `future.rs`, `error.rs`): `timeout`
-//! (route and per-try deadlines), `retry` (policy, budget, backoff),
-//! `balance` (endpoint selection), `outlier` (ejection of failing endpoints),
-//! `breaker` (connection-pool limits).
+//! (service in `mod.rs`, `layer.rs`, `future.rs`, `error.rs`), each tested
+//! against `tower_test::mock` on paused time. Outermost first: `timeout`
+//! (route deadline), `breaker` (connection-pool limits), `retry` (policy,
+//! budget, backoff; a per-try `timeout` inside), `balance` (picks the
+//! endpoint), `outlier` (ejects failing endpoints); beneath them the
+//! endpoint's client (`outbound::endpoint`).
 
 pub mod balance;
 pub mod breaker;

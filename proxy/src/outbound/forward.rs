@@ -1,6 +1,7 @@
 //! Sends a routed request to its destination through the route's
-//! policies: fault injection, then route timeout -> retries -> per-try
-//! timeout -> one attempt at an endpoint (`endpoint::Attempt`).
+//! policies: fault injection, then route timeout -> pool limits -> retries
+//! -> per-try timeout -> balancer -> outlier detection -> the endpoint's
+//! client (`endpoint::Upstream`).
 
 use std::sync::Arc;
 
@@ -12,13 +13,15 @@ use tower::util::Either;
 use tower::ServiceExt;
 use trellis_api::Protocol;
 
-use super::endpoint::{Attempt, HashKey, TriedEndpoints};
+use super::endpoint::Upstream;
 use super::headers;
 use super::local_reply::Reason;
 use crate::body::{self, ProxyBody, RequestBody, REPLAY_LIMIT};
 use crate::discovery::cluster::HashPolicy;
 use crate::discovery::model::{Route, WeightedCluster};
-use crate::layers::balance::stable_hash;
+use crate::layers::balance::{stable_hash, Balance, HashKey, Tried};
+use crate::layers::breaker::{Breaker, Overflow};
+use crate::layers::outlier::Outlier;
 use crate::layers::retry::{policy_for, RetryPolicy};
 use crate::layers::timeout::{Timeout, TimeoutKind};
 use crate::metrics::Metrics;
@@ -88,7 +91,7 @@ impl Forward {
         };
         let mut upstream = Request::from_parts(parts, body);
         if route.retry.is_some() {
-            upstream.extensions_mut().insert(TriedEndpoints::default());
+            upstream.extensions_mut().insert(Tried::default());
         }
         if let Some(policy) = &destination.cluster.hash {
             if let Some(key) = hash_key(policy, &upstream) {
@@ -96,40 +99,34 @@ impl Forward {
             }
         }
 
-        // Pool limits: a slot for the whole request, released when the
-        // response body ends.
-        let permit = match &destination.cluster.pool {
-            Some(pool) => match pool.acquire().await {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let c = &destination.cluster;
-                    self.metrics.overflow(&c.service, &c.subset);
-                    return Err(Reason::Overflow.into());
-                }
-            },
-            None => None,
-        };
-        let attempt = Attempt::new(destination.cluster.clone(), self.metrics.clone());
-        let inner = match &route.retry {
+        let cluster = &destination.cluster;
+        let endpoint = Balance::new(
+            Outlier::new(Upstream::new(cluster.clone()), cluster.outlier.clone()),
+            cluster.targets.clone(),
+        );
+        let retried = match &route.retry {
             Some(retry) => {
-                let policy: RetryPolicy =
-                    policy_for(retry, replay_safe, &destination.cluster, &self.metrics);
-                let per_try = Timeout::new(attempt, retry.per_try_timeout, TimeoutKind::PerTry);
+                let policy: RetryPolicy = policy_for(retry, replay_safe, cluster, &self.metrics);
+                let per_try = Timeout::new(endpoint, retry.per_try_timeout, TimeoutKind::PerTry);
                 Either::Left(tower::retry::Retry::new(policy, per_try))
             }
-            None => Either::Right(attempt),
+            None => Either::Right(endpoint),
         };
-        let stack = Timeout::new(inner, route.timeout, TimeoutKind::Route);
-        let resp = stack.oneshot(upstream).await.map_err(|e| Reason::of(&e))?;
+        // A pool slot is held for the whole request, until its response body ends.
+        let limited = Breaker::new(retried, cluster.pool.clone());
+        let stack = Timeout::new(limited, route.timeout, TimeoutKind::Route);
+        let resp = stack.oneshot(upstream).await.map_err(|e| {
+            if e.is::<Overflow>() {
+                self.metrics.overflow(&cluster.service, &cluster.subset);
+            }
+            Reason::of(&e)
+        })?;
 
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::apply(&mut parts.headers, destination.response_headers.as_ref());
         headers::apply(&mut parts.headers, route.response_headers.as_ref());
-        let body = match permit {
-            Some(permit) => body::stream_holding(body, permit),
-            None => body::stream(body),
-        };
+        let body = body::stream(body);
         Ok(Response::from_parts(parts, body))
     }
 }

@@ -4,6 +4,8 @@
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{self, BoxError, ProxyBody};
+use crate::layers::balance::NoEndpoint;
+use crate::layers::breaker::Overflow;
 use crate::layers::timeout::Elapsed;
 
 /// An error of the request path that becomes a local reply.
@@ -72,6 +74,10 @@ impl Reason {
             e.0
         } else if error.is::<Elapsed>() {
             Self::Timeout
+        } else if error.is::<Overflow>() {
+            Self::Overflow
+        } else if error.is::<NoEndpoint>() {
+            Self::NoHealthyUpstream
         } else {
             Self::UpstreamReset
         }

@@ -1,7 +1,7 @@
 //! Tests of the compiled route table: host aliases, match order, weights.
 
 use super::*;
-use crate::discovery::cluster::Defaults;
+use crate::discovery::cluster::Env;
 
 fn node(ns: &str, labels: &[(&str, &str)]) -> NodeConfig {
     NodeConfig {
@@ -61,7 +61,7 @@ fn table(node: &NodeConfig) -> RouteTable {
         &rules,
         &trellis_crds::Endpoints::from_service_entries(&rules),
     );
-    RouteTable::build(&config, node, None, &Defaults::default()).expect("builds")
+    RouteTable::build(&config, node, None, &Env::default()).expect("builds")
 }
 
 fn route_name(t: &RouteTable, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
@@ -159,8 +159,7 @@ fn weighted_pick_follows_weights() {
         &rules,
         &trellis_crds::Endpoints::from_service_entries(&rules),
     );
-    let t =
-        RouteTable::build(&config, &node("shop", &[]), None, &Defaults::default()).expect("builds");
+    let t = RouteTable::build(&config, &node("shop", &[]), None, &Env::default()).expect("builds");
     let route = t
         .host("reviews")
         .expect("host")
@@ -192,7 +191,7 @@ fn invalid_regex_is_refused() {
         ..Default::default()
     });
     let errors =
-        RouteTable::build(&config, &node("default", &[]), None, &Defaults::default()).unwrap_err();
+        RouteTable::build(&config, &node("default", &[]), None, &Env::default()).unwrap_err();
     assert!(
         errors[0].to_string().contains("invalid regex"),
         "{}",

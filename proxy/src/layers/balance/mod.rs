@@ -1,20 +1,161 @@
-//! Endpoint selection for a destination: `ROUND_ROBIN`, `RANDOM`,
-//! `LEAST_REQUEST` (power of two choices on in-flight requests), ring-hash
-//! `consistentHash`, and the default: power of two choices on peak-EWMA
-//! latency × in-flight requests.
+//! Endpoint selection for a destination, as a tower service: [`Balance`]
+//! picks an endpoint of its [`Targets`] for each request, marks the request
+//! with it ([`Picked`]) and calls the endpoint service beneath, which sends
+//! to that endpoint. Algorithms: `ROUND_ROBIN`, `RANDOM`, `LEAST_REQUEST`
+//! (power of two choices on in-flight requests), ring-hash `consistentHash`,
+//! and the default: power of two choices on peak-EWMA latency × in-flight
+//! requests. Ejected endpoints are skipped unless every endpoint is out
+//! (panic mode); a retry avoids the endpoints its request already tried.
 //!
 //! Not `tower::balance`: its `Balance` is driven through `&mut self` and
 //! must sit behind a `Buffer` (one more task hop per request) to be shared
 //! by concurrent connections. Our endpoints keep their load in atomics
 //! ([`EndpointLoad`]) that every connection reads and updates directly.
 
+mod error;
+mod future;
+mod layer;
 mod load;
 mod ring;
 
+pub use error::NoEndpoint;
+pub use future::ResponseFuture;
+pub use layer::BalanceLayer;
 pub use load::EndpointLoad;
 pub use ring::{stable_hash, Ring};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+use http::Request;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::body::BoxError;
+use crate::layers::outlier::OutlierState;
+
+/// The endpoints of one destination as the balancer sees them; index `i`
+/// is the same endpoint in every vector and in [`Picked`].
+#[derive(Debug)]
+pub struct Targets {
+    pub balancer: Balancer,
+    /// Load of each endpoint, shared by every connection.
+    pub loads: Vec<Arc<EndpointLoad>>,
+    /// Outlier state of each endpoint; `None` when the destination has no
+    /// outlier detection (every endpoint is always available).
+    pub health: Option<Vec<Arc<OutlierState>>>,
+    /// Picks made in panic mode.
+    pub panic: Counter,
+}
+
+/// The endpoint chosen for one attempt, set on its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Picked(pub usize);
+
+/// The balancer's choice for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected {
+    pub index: usize,
+    /// Every endpoint was ejected: sent anyway.
+    pub panic: bool,
+}
+
+/// Endpoints a request has been sent to, shared by its attempts.
+#[derive(Clone, Debug, Default)]
+pub struct Tried(Arc<Mutex<Vec<usize>>>);
+
+impl Tried {
+    /// Runs `f` on the endpoints tried so far.
+    fn with<T>(&self, f: impl FnOnce(&[usize]) -> T) -> T {
+        let tried = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&tried)
+    }
+
+    fn push(&self, index: usize) {
+        if let Ok(mut tried) = self.0.lock() {
+            tried.push(index);
+        }
+    }
+}
+
+/// The consistent-hash key of a request, computed once per request.
+#[derive(Clone, Copy, Debug)]
+pub struct HashKey(pub u64);
+
+impl Targets {
+    /// Picks an endpoint for one attempt: among available endpoints, those
+    /// not yet `tried` by this request when there are any; when every
+    /// endpoint is ejected, among all (panic mode).
+    pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<Selected> {
+        let n = self.loads.len();
+        let now = Instant::now();
+        let load = |i: usize| &*self.loads[i];
+        let available = |i: usize| self.health.as_ref().is_none_or(|h| h[i].available(now));
+        let fresh = |i: usize| available(i) && !tried.contains(&i);
+        let pick = |eligible: &dyn Fn(usize) -> bool| self.balancer.pick(n, &load, eligible, key);
+        if let Some(index) = pick(&fresh).or_else(|| pick(&available)) {
+            if let Some(health) = &self.health {
+                health[index].admit(now);
+            }
+            return Some(Selected {
+                index,
+                panic: false,
+            });
+        }
+        pick(&|_| true).map(|index| Selected { index, panic: true })
+    }
+}
+
+/// Sends each request to the endpoint its destination's balancer picks.
+#[derive(Clone, Debug)]
+pub struct Balance<S> {
+    inner: S,
+    targets: Arc<Targets>,
+}
+
+impl<S> Balance<S> {
+    pub fn new(inner: S, targets: Arc<Targets>) -> Self {
+        Self { inner, targets }
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for Balance<S>
+where
+    S: tower::Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let key = req.extensions().get::<HashKey>().map(|k| k.0);
+        let tried = req.extensions().get::<Tried>();
+        let selected = match tried {
+            Some(tried) => tried.with(|avoid| self.targets.select(key, avoid)),
+            None => self.targets.select(key, &[]),
+        };
+        let Some(selected) = selected else {
+            return ResponseFuture::no_endpoint();
+        };
+        if let Some(tried) = tried {
+            tried.push(selected.index);
+        }
+        if selected.panic {
+            self.targets.panic.inc();
+        }
+        req.extensions_mut().insert(Picked(selected.index));
+        ResponseFuture::sent(self.inner.call(req), self.targets.clone(), selected.index)
+    }
+}
 
 /// How a destination picks among its eligible endpoints.
 #[derive(Debug)]
@@ -42,8 +183,13 @@ impl Balancer {
         }
         match self {
             Self::RoundRobin(next) => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|i| eligible(*i))
+                // The turn passes only on a pick, and to the endpoint after
+                // the one picked: skipping an ineligible endpoint neither
+                // doubles its successor's share nor wastes a turn.
+                let start = next.load(Ordering::Relaxed);
+                let picked = (0..n).map(|k| (start + k) % n).find(|i| eligible(*i))?;
+                next.store(picked + 1, Ordering::Relaxed);
+                Some(picked)
             }
             Self::Random => {
                 let start = fastrand::usize(..n);
@@ -90,8 +236,11 @@ mod tests {
         let picks: Vec<_> = (0..6)
             .filter_map(|_| b.pick(3, &|i| &l[i], &|i| i != 1, None))
             .collect();
-        assert!(picks.iter().all(|i| *i != 1));
-        assert!(picks.contains(&0) && picks.contains(&2));
+        assert_eq!(
+            picks,
+            [0, 2, 0, 2, 0, 2],
+            "even turns around the skipped endpoint"
+        );
     }
 
     #[test]
@@ -113,6 +262,114 @@ mod tests {
             Balancer::RoundRobin(AtomicUsize::new(0)),
         ] {
             assert_eq!(b.pick(2, &|i| &l[i], &|_| false, None), None);
+        }
+    }
+
+    mod service {
+        use super::super::*;
+        use crate::layers::outlier::{Outcome, OutlierConfig};
+        use http::Response;
+        use tower::{Layer, ServiceExt};
+        use tower_test::mock;
+
+        fn targets(n: usize, outlier: bool) -> Arc<Targets> {
+            Arc::new(Targets {
+                balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
+                loads: (0..n).map(|_| Arc::default()).collect(),
+                health: outlier.then(|| (0..n).map(|_| Arc::default()).collect()),
+                panic: Counter::default(),
+            })
+        }
+
+        fn eject(targets: &Targets, index: usize) {
+            let cfg = OutlierConfig {
+                consecutive_5xx: 1,
+                consecutive_gateway: 0,
+                base_ejection: std::time::Duration::from_secs(30),
+                max_ejection_percent: 100,
+            };
+            let health = targets.health.as_ref().expect("outlier detection on");
+            health[index].report(Outcome::GatewayFailure, &cfg, true, Instant::now());
+        }
+
+        /// Sends `req` through `svc`, answers it, and returns the endpoint it went to.
+        async fn send(
+            svc: &Balance<mock::Mock<Request<()>, Response<()>>>,
+            handle: &mut mock::Handle<Request<()>, Response<()>>,
+            req: Request<()>,
+        ) -> usize {
+            let call = tokio::spawn(svc.clone().oneshot(req));
+            let (req, reply) = handle.next_request().await.expect("request");
+            reply.send_response(Response::new(()));
+            call.await.expect("task").expect("answered");
+            req.extensions().get::<Picked>().expect("marked").0
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn skips_ejected_endpoints_until_all_are_out() {
+            let targets = targets(3, true);
+            let (svc, mut handle) = mock::pair::<Request<()>, Response<()>>();
+            let svc = BalanceLayer::new(targets.clone()).layer(svc);
+            eject(&targets, 0);
+            for _ in 0..30 {
+                assert_ne!(send(&svc, &mut handle, Request::new(())).await, 0);
+            }
+            assert_eq!(targets.panic.get(), 0);
+            eject(&targets, 1);
+            eject(&targets, 2);
+            let mut seen = [false; 3];
+            for _ in 0..30 {
+                seen[send(&svc, &mut handle, Request::new(())).await] = true;
+            }
+            assert_eq!(seen, [true; 3], "panic mode sends to every endpoint");
+            assert_eq!(targets.panic.get(), 30);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_retry_avoids_the_endpoints_it_tried() {
+            let targets = targets(3, false);
+            let (svc, mut handle) = mock::pair::<Request<()>, Response<()>>();
+            let svc = Balance::new(svc, targets);
+            for _ in 0..20 {
+                let tried = Tried::default();
+                let mut picks = Vec::new();
+                for _ in 0..4 {
+                    let mut req = Request::new(());
+                    req.extensions_mut().insert(tried.clone());
+                    picks.push(send(&svc, &mut handle, req).await);
+                }
+                let mut first3 = picks[..3].to_vec();
+                first3.sort_unstable();
+                assert_eq!(first3, [0, 1, 2], "three attempts, three endpoints");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn counts_a_request_in_flight_until_it_completes_or_is_dropped() {
+            let targets = targets(1, false);
+            let (svc, mut handle) = mock::pair::<Request<()>, Response<()>>();
+            let svc = Balance::new(svc, targets.clone());
+            let answered = tokio::spawn(svc.clone().oneshot(Request::new(())));
+            let (_, reply) = handle.next_request().await.expect("request");
+            let dropped = tokio::spawn(svc.clone().oneshot(Request::new(())));
+            let _ = handle.next_request().await.expect("request");
+            assert_eq!(targets.loads[0].in_flight(), 2);
+            tokio::time::advance(std::time::Duration::from_millis(40)).await;
+            reply.send_response(Response::new(()));
+            answered.await.expect("task").expect("answered");
+            dropped.abort();
+            let _ = dropped.await;
+            assert_eq!(targets.loads[0].in_flight(), 0);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_endpoints_fails_at_once() {
+            let (svc, _handle) = mock::pair::<Request<()>, Response<()>>();
+            let err = Balance::new(svc, targets(0, false))
+                .oneshot(Request::new(()))
+                .await
+                .expect_err("nothing to send to");
+            assert!(err.is::<NoEndpoint>());
         }
     }
 }

@@ -1,21 +1,34 @@
 //! Circuit breaking by connection-pool limits (Envoy semantics), per
-//! destination: at most `maxConnections` (HTTP/1: one request per
-//! connection) and `http2MaxRequests` requests active at once, at most
-//! `http1MaxPendingRequests` waiting for a slot, and at most `maxRetries`
-//! retries in flight. Anything over a limit fails at once with
-//! [`Overflow`] (503 `overflow`): nothing queues without bound.
+//! destination, as a tower service: [`Breaker`] lets at most
+//! `maxConnections` (HTTP/1: one request per connection) and
+//! `http2MaxRequests` requests be active at once, and at most
+//! `http1MaxPendingRequests` wait for a slot. Anything over a limit fails
+//! at once with [`Overflow`] (503 `overflow`): nothing queues without
+//! bound. A request holds its slot until its response body is done.
+//! [`RetryGate`] caps retries in flight (`maxRetries`) for the retry policy.
 
+mod body;
+mod error;
+mod future;
+mod layer;
+
+pub use body::SlotBody;
+pub use error::Overflow;
+pub use future::ResponseFuture;
+pub use layer::BreakerLayer;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A request was refused because a pool limit was reached.
-#[derive(Debug, thiserror::Error)]
-#[error("connection pool limit reached")]
-pub struct Overflow;
+use crate::body::BoxError;
 
-/// Active and pending request limits of one destination.
+/// Active and pending request limits of one destination, shared by every
+/// connection.
 #[derive(Debug)]
 pub struct PoolLimit {
     active: Arc<Semaphore>,
@@ -36,8 +49,8 @@ impl PoolLimit {
     }
 
     /// A slot for one request, waiting only while fewer than `max_pending`
-    /// others wait. Hold the permit until the response body is done.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Overflow> {
+    /// others wait.
+    pub async fn acquire(self: Arc<Self>) -> Result<OwnedSemaphorePermit, Overflow> {
         if let Ok(permit) = self.active.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -45,9 +58,111 @@ impl PoolLimit {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(Overflow);
         }
-        let permit = self.active.clone().acquire_owned().await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        permit.map_err(|_| Overflow)
+        // Leaves the pending count even when the wait is cancelled.
+        let _pending = Pending(&self.pending);
+        self.active
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Overflow)
+    }
+}
+
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Overflow>> + Send>>;
+
+/// Where a [`Breaker`] is between `poll_ready` and `call`.
+enum Admission {
+    /// Nothing asked yet.
+    Idle,
+    /// Waiting for a slot as one of the pending requests.
+    Waiting(Acquire),
+    /// Holding a slot (`None` when there is no limit).
+    Admitted(Option<OwnedSemaphorePermit>),
+    /// Over the limits: the next call fails at once.
+    Full,
+}
+
+/// Applies a destination's [`PoolLimit`] to each call.
+pub struct Breaker<S> {
+    inner: S,
+    limit: Option<Arc<PoolLimit>>,
+    admission: Admission,
+}
+
+impl<S> Breaker<S> {
+    /// `None`: no limits, calls pass through.
+    pub fn new(inner: S, limit: Option<Arc<PoolLimit>>) -> Self {
+        Self {
+            inner,
+            limit,
+            admission: Admission::Idle,
+        }
+    }
+}
+
+impl<S: Clone> Clone for Breaker<S> {
+    /// A clone holds no slot of its own yet.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.limit.clone())
+    }
+}
+
+impl<S> std::fmt::Debug for Breaker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R, B> tower::Service<R> for Breaker<S>
+where
+    S: tower::Service<R, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = http::Response<SlotBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            match &mut self.admission {
+                Admission::Idle => {
+                    self.admission = match &self.limit {
+                        None => Admission::Admitted(None),
+                        Some(limit) => match limit.active.clone().try_acquire_owned() {
+                            Ok(permit) => Admission::Admitted(Some(permit)),
+                            Err(_) => Admission::Waiting(Box::pin(limit.clone().acquire())),
+                        },
+                    }
+                }
+                Admission::Waiting(acquire) => {
+                    self.admission = match std::task::ready!(acquire.as_mut().poll(cx)) {
+                        Ok(permit) => Admission::Admitted(Some(permit)),
+                        Err(Overflow) => Admission::Full,
+                    }
+                }
+                Admission::Admitted(_) => return self.inner.poll_ready(cx).map_err(Into::into),
+                // Ready to fail the call at once (as tower's load-shed does).
+                Admission::Full => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        match std::mem::replace(&mut self.admission, Admission::Idle) {
+            Admission::Admitted(slot) => ResponseFuture::admitted(self.inner.call(req), slot),
+            // Full, or called without `poll_ready`: refuse rather than exceed the limit.
+            _ => ResponseFuture::overflow(),
+        }
     }
 }
 
@@ -90,28 +205,87 @@ impl RetryGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use std::time::Duration;
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    type Resp = http::Response<&'static str>;
 
     #[tokio::test(start_paused = true)]
-    async fn one_active_one_pending_rest_overflow() {
+    async fn one_active_one_pending_rest_overflow_at_once() {
         let limit = Arc::new(PoolLimit::new(1, 1));
-        let first = limit.acquire().await.expect("a free slot");
-        let waiting = tokio::spawn({
-            let limit = limit.clone();
-            async move { limit.acquire().await.map(drop) }
-        });
+        let (svc, mut handle) = mock::pair::<&str, Resp>();
+        let breaker = Breaker::new(svc, Some(limit.clone()));
+
+        let first = tokio::spawn(breaker.clone().oneshot("first"));
+        let (_, reply_first) = handle.next_request().await.expect("first is sent");
+        let second = tokio::spawn(breaker.clone().oneshot("second"));
         tokio::time::sleep(Duration::from_millis(1)).await;
+        let started = tokio::time::Instant::now();
         for _ in 0..5 {
-            assert!(
-                limit.acquire().await.is_err(),
-                "third and later requests overflow"
-            );
+            let err = breaker
+                .clone()
+                .oneshot("excess")
+                .await
+                .expect_err("third and later requests overflow");
+            assert!(err.is::<Overflow>());
         }
-        drop(first);
-        assert!(
-            waiting.await.expect("task").is_ok(),
-            "the pending request gets the slot"
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "overflow waits for nothing"
         );
+        assert!(
+            !second.is_finished(),
+            "the pending request waits for the slot"
+        );
+
+        reply_first.send_response(http::Response::new("one"));
+        let response = first.await.expect("task").expect("first answered");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            handle.next_request().now_or_never().is_none(),
+            "the slot is held while the first response body lives"
+        );
+        drop(response);
+        let (req, reply_second) = handle.next_request().await.expect("second is sent");
+        assert_eq!(req, "second");
+        reply_second.send_response(http::Response::new("two"));
+        assert!(second.await.expect("task").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_leaves_the_pending_queue() {
+        let limit = Arc::new(PoolLimit::new(1, 1));
+        let (svc, mut handle) = mock::pair::<&str, Resp>();
+        let breaker = Breaker::new(svc, Some(limit.clone()));
+        let _first = tokio::spawn(breaker.clone().oneshot("first"));
+        let _ = handle.next_request().await.expect("first is sent");
+        let waiting = tokio::spawn(breaker.clone().oneshot("cancelled"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        // the pending place is free again: this one waits instead of overflowing
+        let mut next = tokio::spawn(breaker.clone().oneshot("next"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!((&mut next).now_or_never().is_none(), "waits for the slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_limit_passes_through() {
+        let (svc, mut handle) = mock::pair::<&str, Resp>();
+        let breaker = Breaker::new(svc, None);
+        let calls: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(breaker.clone().oneshot("r")))
+            .collect();
+        for _ in 0..50 {
+            let (_, reply) = handle.next_request().await.expect("sent");
+            reply.send_response(http::Response::new("ok"));
+        }
+        for call in calls {
+            assert!(call.await.expect("task").is_ok());
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::time::Sleep;
 
 use super::{RetryBudget, RetryConditions};
 use crate::body::{BoxError, RequestBody};
+use crate::layers::balance::{HashKey, Tried};
 use crate::layers::breaker::RetryGate;
 use crate::metrics::Metrics;
 use crate::outbound::local_reply::{LocalError, Reason};
@@ -151,11 +152,11 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
         *clone.uri_mut() = req.uri().clone();
         *clone.version_mut() = req.version();
         *clone.headers_mut() = req.headers().clone();
-        if let Some(tried) = req
-            .extensions()
-            .get::<crate::outbound::endpoint::TriedEndpoints>()
-        {
+        if let Some(tried) = req.extensions().get::<Tried>() {
             clone.extensions_mut().insert(tried.clone());
+        }
+        if let Some(key) = req.extensions().get::<HashKey>() {
+            clone.extensions_mut().insert(*key);
         }
         Some(clone)
     }
