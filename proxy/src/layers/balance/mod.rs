@@ -24,8 +24,8 @@ pub use layer::BalanceLayer;
 pub use load::EndpointLoad;
 pub use ring::{stable_hash, Ring};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
@@ -61,25 +61,24 @@ pub struct Selected {
     pub panic: bool,
 }
 
-/// Endpoints a request has been sent to, shared by its attempts.
+/// Endpoints a request has been sent to, shared by its attempts: a bit per
+/// endpoint index (modulo 64, so past 64 endpoints a retry may avoid an
+/// endpoint it did not try; it never fails for it).
 #[derive(Clone, Debug, Default)]
-pub struct Tried(Arc<Mutex<Vec<usize>>>);
+pub struct Tried(Arc<AtomicU64>);
 
 impl Tried {
-    /// Runs `f` on the endpoints tried so far.
-    fn with<T>(&self, f: impl FnOnce(&[usize]) -> T) -> T {
-        let tried = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&tried)
+    fn contains(&self, index: usize) -> bool {
+        self.0.load(Ordering::Relaxed) & bit(index) != 0
     }
 
     fn push(&self, index: usize) {
-        if let Ok(mut tried) = self.0.lock() {
-            tried.push(index);
-        }
+        self.0.fetch_or(bit(index), Ordering::Relaxed);
     }
+}
+
+fn bit(index: usize) -> u64 {
+    1 << (index % 64)
 }
 
 /// The consistent-hash key of a request, computed once per request.
@@ -90,12 +89,12 @@ impl Targets {
     /// Picks an endpoint for one attempt: among available endpoints, those
     /// not yet `tried` by this request when there are any; when every
     /// endpoint is ejected, among all (panic mode).
-    pub fn select(&self, key: Option<u64>, tried: &[usize]) -> Option<Selected> {
+    pub fn select(&self, key: Option<u64>, tried: Option<&Tried>) -> Option<Selected> {
         let n = self.loads.len();
         let now = Instant::now();
         let load = |i: usize| &*self.loads[i];
         let available = |i: usize| self.health.as_ref().is_none_or(|h| h[i].available(now));
-        let fresh = |i: usize| available(i) && !tried.contains(&i);
+        let fresh = |i: usize| available(i) && !tried.is_some_and(|t| t.contains(i));
         let pick = |eligible: &dyn Fn(usize) -> bool| self.balancer.pick(n, &load, eligible, key);
         if let Some(index) = pick(&fresh).or_else(|| pick(&available)) {
             if let Some(health) = &self.health {
@@ -139,11 +138,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let key = req.extensions().get::<HashKey>().map(|k| k.0);
         let tried = req.extensions().get::<Tried>();
-        let selected = match tried {
-            Some(tried) => tried.with(|avoid| self.targets.select(key, avoid)),
-            None => self.targets.select(key, &[]),
-        };
-        let Some(selected) = selected else {
+        let Some(selected) = self.targets.select(key, tried) else {
             return ResponseFuture::no_endpoint();
         };
         if let Some(tried) = tried {
