@@ -1,0 +1,79 @@
+//! The redb file a replica keeps its Raft state in, and its tables. Every
+//! write transaction commits with redb's default durability (fsync), so
+//! whatever openraft is told is stored survives a crash.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, TableDefinition};
+
+/// Log entries by index, JSON.
+pub(super) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
+/// Small values by name: `vote`, `committed`, `last_purged`, `snapshot`.
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+#[error("raft store {path}: {source}")]
+pub struct StoreError {
+    path: String,
+    source: redb::Error,
+}
+
+/// Opens (or creates) `dir/raft.redb` and returns the log store and the
+/// state machine over it, the state machine restored from its last snapshot.
+pub fn open(dir: &Path) -> Result<(super::LogStore, super::StateMachineStore), StoreError> {
+    let path = dir.join("raft.redb");
+    let err = |source: redb::Error| StoreError {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::from(e)))?;
+    let db = Database::create(&path).map_err(|e| err(e.into()))?;
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+    txn.open_table(META).map_err(|e| err(e.into()))?;
+    txn.commit().map_err(|e| err(e.into()))?;
+    let db = Arc::new(db);
+    let state_machine = super::StateMachineStore::open(db.clone()).map_err(err)?;
+    Ok((super::LogStore::new(db), state_machine))
+}
+
+/// Runs a blocking redb operation off the async runtime's threads.
+pub(super) async fn blocking<T, F>(f: F) -> Result<T, redb::Error>
+where
+    F: FnOnce() -> Result<T, redb::Error> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| redb::Error::from(std::io::Error::other(e)))?
+}
+
+/// Reads `META[name]` as JSON.
+pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    name: &str,
+) -> Result<Option<T>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(META)?;
+    let Some(value) = table.get(name)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(|e| redb::Error::from(std::io::Error::other(e)))
+}
+
+/// Writes `META[name]` as JSON, durably.
+pub(super) fn write_meta<T: serde::Serialize>(
+    db: &Database,
+    name: &str,
+    value: &T,
+) -> Result<(), redb::Error> {
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| redb::Error::from(std::io::Error::other(e)))?;
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(name, bytes.as_slice())?;
+    txn.commit()?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! What the Raft log carries and what its state machine holds: each entry
+//! is a [`MeshCommand`] (apply or delete one resource), and [`MeshState`]
+//! is the set of resources every command so far leaves, keyed by kind,
+//! namespace and name. Applying the same commands in the same order gives
+//! the same state and the same [`MeshState::hash`] on every replica.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Names one resource: `kind/namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One entry of the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MeshCommand {
+    /// Creates or replaces a resource. `document` is the whole resource
+    /// (`apiVersion`, `kind`, `metadata`, `spec`) as JSON.
+    Apply {
+        key: ResourceKey,
+        document: serde_json::Value,
+    },
+    /// Removes a resource; removing an absent one changes nothing.
+    Delete { key: ResourceKey },
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshResponse {
+    /// The state differs from before the command.
+    pub changed: bool,
+}
+
+/// The mesh configuration as of some applied log index.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
+pub struct MeshState {
+    resources: BTreeMap<ResourceKey, serde_json::Value>,
+}
+
+/// [`MeshState`] as serialized (snapshots): JSON object keys must be
+/// strings, so the resources are a list of pairs.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    resources: Vec<(ResourceKey, serde_json::Value)>,
+}
+
+impl From<Stored> for MeshState {
+    fn from(s: Stored) -> Self {
+        Self {
+            resources: s.resources.into_iter().collect(),
+        }
+    }
+}
+
+impl From<MeshState> for Stored {
+    fn from(s: MeshState) -> Self {
+        Self {
+            resources: s.resources.into_iter().collect(),
+        }
+    }
+}
+
+impl MeshState {
+    pub fn apply(&mut self, command: MeshCommand) -> MeshResponse {
+        let changed = match command {
+            MeshCommand::Apply { key, document } => {
+                self.resources.insert(key, document.clone()).as_ref() != Some(&document)
+            }
+            MeshCommand::Delete { key } => self.resources.remove(&key).is_some(),
+        };
+        MeshResponse { changed }
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Option<&serde_json::Value> {
+        self.resources.get(key)
+    }
+
+    /// Every resource, ordered by key.
+    pub fn resources(&self) -> impl Iterator<Item = (&ResourceKey, &serde_json::Value)> {
+        self.resources.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// SHA-256 of the state, hex: equal on replicas that applied the same
+    /// commands.
+    pub fn hash(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for (key, document) in &self.resources {
+            let key = key.to_string();
+            let document = document.to_string();
+            for part in [key.as_bytes(), document.as_bytes()] {
+                ctx.update(&(part.len() as u64).to_be_bytes());
+                ctx.update(part);
+            }
+        }
+        ctx.finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(name: &str) -> ResourceKey {
+        ResourceKey {
+            kind: "VirtualService".into(),
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn apply(name: &str, weight: u32) -> MeshCommand {
+        MeshCommand::Apply {
+            key: key(name),
+            document: json!({"kind": "VirtualService", "spec": {"weight": weight}}),
+        }
+    }
+
+    #[test]
+    fn apply_replace_delete_report_changes() {
+        let mut s = MeshState::default();
+        assert!(s.apply(apply("a", 1)).changed);
+        assert!(!s.apply(apply("a", 1)).changed, "same document again");
+        assert!(s.apply(apply("a", 2)).changed);
+        assert_eq!(s.get(&key("a")).expect("present")["spec"]["weight"], 2);
+        assert!(s.apply(MeshCommand::Delete { key: key("a") }).changed);
+        assert!(!s.apply(MeshCommand::Delete { key: key("a") }).changed);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn hash_follows_content_not_history() {
+        let mut one = MeshState::default();
+        let mut two = MeshState::default();
+        one.apply(apply("a", 1));
+        one.apply(apply("b", 1));
+        two.apply(apply("b", 7));
+        two.apply(apply("a", 1));
+        assert_ne!(one.hash(), two.hash());
+        two.apply(apply("b", 1));
+        assert_eq!(one.hash(), two.hash());
+        assert_eq!(one.hash().len(), 64);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut s = MeshState::default();
+        s.apply(apply("a", 1));
+        s.apply(apply("b", 2));
+        let text = serde_json::to_string(&s).expect("serializes");
+        let back: MeshState = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, s);
+        assert_eq!(back.hash(), s.hash());
+    }
+}
