@@ -59,9 +59,7 @@ pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
     let Some(value) = table.get(name)? else {
         return Ok(None);
     };
-    serde_json::from_slice(value.value())
-        .map(Some)
-        .map_err(|e| redb::Error::from(std::io::Error::other(e)))
+    from_json(value.value()).map(Some)
 }
 
 /// Writes `META[name]` as JSON, durably.
@@ -70,10 +68,18 @@ pub(super) fn write_meta<T: serde::Serialize>(
     name: &str,
     value: &T,
 ) -> Result<(), redb::Error> {
-    let bytes =
-        serde_json::to_vec(value).map_err(|e| redb::Error::from(std::io::Error::other(e)))?;
+    let bytes = to_json(value)?;
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(name, bytes.as_slice())?;
     txn.commit()?;
     Ok(())
+}
+
+/// How values are stored: JSON, its errors as redb I/O errors.
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, redb::Error> {
+    serde_json::to_vec(value).map_err(|e| redb::Error::from(std::io::Error::other(e)))
+}
+
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error> {
+    serde_json::from_slice(bytes).map_err(|e| redb::Error::from(std::io::Error::other(e)))
 }

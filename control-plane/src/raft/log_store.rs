@@ -10,7 +10,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, Vote};
 use redb::{Database, ReadableTable};
 
-use super::db::{blocking, read_meta, write_meta, LOGS, META};
+use super::db::{blocking, from_json, read_meta, to_json, write_meta, LOGS, META};
 use super::{Entry, LogId, NodeId, StorageError, StorageIOError, TypeConfig};
 
 /// Handle to the log; clones share the database.
@@ -45,10 +45,6 @@ fn io(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
 
-fn decode(bytes: &[u8]) -> Result<Entry, redb::Error> {
-    serde_json::from_slice(bytes).map_err(|e| redb::Error::from(std::io::Error::other(e)))
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -62,7 +58,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let mut entries = Vec::new();
             for item in table.range::<u64>(bounds)? {
                 let (_, value) = item?;
-                entries.push(decode(value.value())?);
+                entries.push(from_json::<Entry>(value.value())?);
             }
             Ok(entries)
         })
@@ -84,7 +80,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_read()?;
             let table = txn.open_table(LOGS)?;
             let last = match table.last()? {
-                Some((_, value)) => Some(decode(value.value())?.log_id),
+                Some((_, value)) => Some(from_json::<Entry>(value.value())?.log_id),
                 None => None,
             };
             Ok(last)
@@ -195,8 +191,7 @@ impl LogStore {
                 let mut table = txn.open_table(LOGS)?;
                 table.retain_in::<u64, _>(range, |_, _| false)?;
                 if let Some(purged) = purged {
-                    let bytes = serde_json::to_vec(&purged)
-                        .map_err(|e| redb::Error::from(std::io::Error::other(e)))?;
+                    let bytes = to_json(&purged)?;
                     txn.open_table(META)?
                         .insert("last_purged", bytes.as_slice())?;
                 }

@@ -16,7 +16,7 @@ use openraft::{
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::db::{blocking, read_meta, write_meta};
+use super::db::{blocking, from_json, read_meta, write_meta};
 use super::{Entry, LogId, NodeId, StorageError, StorageIOError, TypeConfig};
 use crate::state::{MeshResponse, MeshState};
 
@@ -46,7 +46,7 @@ impl StateMachineStore {
     /// The state machine of `db`, restored from its last snapshot.
     pub(super) fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
         let applied = match read_meta::<StoredSnapshot>(&db, "snapshot")? {
-            Some(snapshot) => decode(&snapshot.data)?,
+            Some(snapshot) => from_json(&snapshot.data)?,
             None => Applied::default(),
         };
         Ok(Self {
@@ -81,10 +81,6 @@ impl StateMachineStore {
                 ))
             })
     }
-}
-
-fn decode(data: &[u8]) -> Result<Applied, redb::Error> {
-    serde_json::from_slice(data).map_err(|e| redb::Error::from(std::io::Error::other(e)))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -169,7 +165,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let mut installed = decode(&data).map_err(|e| {
+        let mut installed: Applied = from_json(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 AnyError::new(&e),

@@ -21,11 +21,15 @@ fn temp_dir() -> TempDir {
     TempDir(std::env::temp_dir().join(format!("trellis-raft-{}-{n}", std::process::id())))
 }
 
+/// The store in `dir`, its error as openraft's.
+fn open_in(dir: &TempDir) -> Result<(LogStore, StateMachineStore), StorageError> {
+    open(&dir.0).map_err(|e| StorageError::from(StorageIOError::write(openraft::AnyError::new(&e))))
+}
+
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Fresh {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = temp_dir();
-        let (log, sm) = open(&dir.0)
-            .map_err(|e| StorageError::from(StorageIOError::write(openraft::AnyError::new(&e))))?;
+        let (log, sm) = open_in(&dir)?;
         Ok((dir, log, sm))
     }
 }
@@ -59,8 +63,7 @@ async fn a_reopened_store_has_everything_it_acknowledged() -> Result<(), Storage
         }),
     };
     let expected_hash = {
-        let (mut log, mut sm) = open(&dir.0)
-            .map_err(|e| StorageError::from(StorageIOError::write(openraft::AnyError::new(&e))))?;
+        let (mut log, mut sm) = open_in(&dir)?;
         log.save_vote(&Vote::new_committed(1, 0)).await?;
         log.blocking_append((1..=4).map(|i| entry(i, &format!("r{i}"))))
             .await?;
@@ -72,8 +75,7 @@ async fn a_reopened_store_has_everything_it_acknowledged() -> Result<(), Storage
         sm.read(|a| a.state.hash())
     };
 
-    let (mut log, mut sm) = open(&dir.0)
-        .map_err(|e| StorageError::from(StorageIOError::write(openraft::AnyError::new(&e))))?;
+    let (mut log, mut sm) = open_in(&dir)?;
     assert_eq!(log.read_vote().await?, Some(Vote::new_committed(1, 0)));
     assert_eq!(log.read_committed().await?, Some(entry(4, "").log_id));
     let state = log.get_log_state().await?;

@@ -179,9 +179,7 @@ impl Cluster {
         let targets = Arc::new(Targets {
             balancer,
             loads: endpoints.iter().map(|e| e.load.clone()).collect(),
-            health: outlier
-                .as_ref()
-                .map(|_| endpoints.iter().map(|e| e.health.clone()).collect()),
+            health: outlier.clone(),
             panic: env.metrics.panics_of(&c.service, &c.subset),
         });
         let limit = |v: u32| if v == 0 { usize::MAX } else { v as usize };

@@ -33,7 +33,7 @@ use http::Request;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::body::BoxError;
-use crate::layers::outlier::OutlierState;
+use crate::layers::outlier::OutlierGroup;
 
 /// The endpoints of one destination as the balancer sees them; index `i`
 /// is the same endpoint in every vector and in [`Picked`].
@@ -42,9 +42,9 @@ pub struct Targets {
     pub balancer: Balancer,
     /// Load of each endpoint, shared by every connection.
     pub loads: Vec<Arc<EndpointLoad>>,
-    /// Outlier state of each endpoint; `None` when the destination has no
+    /// Outlier state of the endpoints; `None` when the destination has no
     /// outlier detection (every endpoint is always available).
-    pub health: Option<Vec<Arc<OutlierState>>>,
+    pub health: Option<Arc<OutlierGroup>>,
     /// Picks made in panic mode.
     pub panic: Counter,
 }
@@ -93,12 +93,16 @@ impl Targets {
         let n = self.loads.len();
         let now = Instant::now();
         let load = |i: usize| &*self.loads[i];
-        let available = |i: usize| self.health.as_ref().is_none_or(|h| h[i].available(now));
+        let available = |i: usize| {
+            self.health
+                .as_ref()
+                .is_none_or(|h| h.members[i].state.available(now))
+        };
         let fresh = |i: usize| available(i) && !tried.is_some_and(|t| t.contains(i));
         let pick = |eligible: &dyn Fn(usize) -> bool| self.balancer.pick(n, &load, eligible, key);
         if let Some(index) = pick(&fresh).or_else(|| pick(&available)) {
             if let Some(health) = &self.health {
-                health[index].admit(now);
+                health.members[index].state.admit(now);
             }
             return Some(Selected {
                 index,
@@ -271,20 +275,29 @@ mod tests {
             Arc::new(Targets {
                 balancer: Balancer::RoundRobin(AtomicUsize::new(0)),
                 loads: (0..n).map(|_| Arc::default()).collect(),
-                health: outlier.then(|| (0..n).map(|_| Arc::default()).collect()),
+                health: outlier.then(|| {
+                    OutlierGroup::for_test(
+                        n,
+                        OutlierConfig {
+                            consecutive_5xx: 1,
+                            consecutive_gateway: 0,
+                            base_ejection: std::time::Duration::from_secs(30),
+                            max_ejection_percent: 100,
+                        },
+                    )
+                }),
                 panic: Counter::default(),
             })
         }
 
         fn eject(targets: &Targets, index: usize) {
-            let cfg = OutlierConfig {
-                consecutive_5xx: 1,
-                consecutive_gateway: 0,
-                base_ejection: std::time::Duration::from_secs(30),
-                max_ejection_percent: 100,
-            };
-            let health = targets.health.as_ref().expect("outlier detection on");
-            health[index].report(Outcome::GatewayFailure, &cfg, true, Instant::now());
+            let group = targets.health.as_ref().expect("outlier detection on");
+            group.members[index].state.report(
+                Outcome::GatewayFailure,
+                &group.config,
+                true,
+                Instant::now(),
+            );
         }
 
         /// Sends `req` through `svc`, answers it, and returns the endpoint it went to.

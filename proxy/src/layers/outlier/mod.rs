@@ -74,6 +74,22 @@ impl OutlierGroup {
         transition
     }
 
+    /// `n` healthy endpoints named `10.0.0.i:80`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(n: usize, config: OutlierConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            members: (0..n)
+                .map(|i| Member {
+                    endpoint: format!("10.0.0.{i}:80"),
+                    state: Arc::default(),
+                })
+                .collect(),
+            ejections: Counter::default(),
+            name: "test".into(),
+        })
+    }
+
     /// Endpoints by health: (healthy, ejected, probing).
     pub fn health_counts(&self) -> (usize, usize, usize) {
         self.members
@@ -395,22 +411,15 @@ mod tests {
         use tower_test::mock;
 
         fn group(n: usize) -> Arc<OutlierGroup> {
-            Arc::new(OutlierGroup {
-                config: OutlierConfig {
+            OutlierGroup::for_test(
+                n,
+                OutlierConfig {
                     consecutive_5xx: 3,
                     consecutive_gateway: 0,
                     base_ejection: Duration::from_secs(30),
                     max_ejection_percent: 50,
                 },
-                members: (0..n)
-                    .map(|i| Member {
-                        endpoint: format!("10.0.0.{i}:80"),
-                        state: Arc::default(),
-                    })
-                    .collect(),
-                ejections: Counter::default(),
-                name: "test".into(),
-            })
+            )
         }
 
         fn to(index: usize) -> Request<()> {
