@@ -135,6 +135,12 @@ impl Process {
         Ok(())
     }
 
+    /// SIGKILLs the process (its log stays).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

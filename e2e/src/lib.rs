@@ -4,5 +4,6 @@
 pub mod client;
 pub mod echo;
 pub mod harness;
+pub mod mesh;
 pub mod payload;
 pub mod rules;

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::config::{Config, DiscoveryConfig};
+use crate::discovery::remote::Remote;
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::{ConfigStore, Env};
 use crate::metrics::Metrics;
@@ -55,6 +56,11 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let mut tasks = JoinSet::new();
 
+        let env = Env {
+            connect_timeout: self.config.outbound.connect_timeout,
+            metrics: metrics.clone(),
+        };
+        let node = self.config.node.clone();
         match &self.config.discovery {
             DiscoveryConfig::Static { path, interval } => {
                 let source = StaticFile::new(
@@ -62,12 +68,13 @@ impl App {
                     *interval,
                     store.clone(),
                     metrics.clone(),
-                    self.config.node.clone(),
-                    Env {
-                        connect_timeout: self.config.outbound.connect_timeout,
-                        metrics: metrics.clone(),
-                    },
+                    node,
+                    env,
                 );
+                tasks.spawn(source.run(rx.clone()));
+            }
+            DiscoveryConfig::Remote { urls, state_dir } => {
+                let source = Remote::new(urls.clone(), state_dir.clone(), store.clone(), node, env);
                 tasks.spawn(source.run(rx.clone()));
             }
         }

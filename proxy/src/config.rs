@@ -13,8 +13,16 @@ use clap::Parser;
 #[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
 pub struct Args {
     /// Static mode: rules and ServiceEntry endpoints from this YAML file, watched for changes.
-    #[arg(long, env = "TRELLIS_CONFIG")]
+    #[arg(long, env = "TRELLIS_CONFIG", conflicts_with = "control_plane")]
     pub config: Option<PathBuf>,
+    /// Connected mode: control-plane replicas' --xds-addr (`host:port` or a
+    /// URL), comma-separated; the proxy moves to the next when one fails.
+    #[arg(long, env = "TRELLIS_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
+    /// Connected mode: where the last accepted config is kept, so a restart
+    /// serves it before any control plane answers.
+    #[arg(long, env = "TRELLIS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Where the outbound listener accepts the application's requests.
     #[arg(long, env = "TRELLIS_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
     pub outbound_addr: SocketAddr,
@@ -54,9 +62,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Why the flags do not make a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "--config FILE is required (static mode); connected mode comes with the control plane"
-    )]
+    #[error("give --config FILE (static mode) or --control-plane URL[,URL...] (connected mode)")]
     NoSource,
     #[error("--labels: {0:?} is not k=v")]
     BadLabel(String),
@@ -106,12 +112,39 @@ pub struct AdminConfig {
 pub enum DiscoveryConfig {
     /// A YAML file of rules and ServiceEntries, polled every `interval`.
     Static { path: PathBuf, interval: Duration },
+    /// The control-plane stream: replicas' URLs, and where to persist.
+    Remote {
+        urls: Vec<String>,
+        state_dir: Option<PathBuf>,
+    },
 }
 
 impl Config {
     /// Builds the configuration from parsed flags.
     pub fn build(args: Args) -> Result<Self, ConfigError> {
-        let path = args.config.ok_or(ConfigError::NoSource)?;
+        let discovery = match args.config {
+            Some(path) => DiscoveryConfig::Static {
+                path,
+                interval: args.watch_interval,
+            },
+            None if !args.control_plane.is_empty() => DiscoveryConfig::Remote {
+                urls: args
+                    .control_plane
+                    .iter()
+                    .map(|u| u.trim())
+                    .filter(|u| !u.is_empty())
+                    .map(|u| {
+                        if u.contains("://") {
+                            u.to_string()
+                        } else {
+                            format!("http://{u}")
+                        }
+                    })
+                    .collect(),
+                state_dir: args.state_dir,
+            },
+            None => return Err(ConfigError::NoSource),
+        };
         let labels = parse_labels(&args.labels)?;
         Ok(Self {
             node: NodeConfig {
@@ -129,10 +162,7 @@ impl Config {
             admin: AdminConfig {
                 addr: args.admin_addr,
             },
-            discovery: DiscoveryConfig::Static {
-                path,
-                interval: args.watch_interval,
-            },
+            discovery,
             drain_timeout: args.drain_timeout,
             workers: usize::from(args.workers),
         })
@@ -188,5 +218,25 @@ mod tests {
             Err(ConfigError::BadLabel(_))
         ));
         assert!(Args::try_parse_from(["p", "--connect-timeout", "3"]).is_err());
+        assert!(
+            Args::try_parse_from(["p", "--config", "r", "--control-plane", "a:1"]).is_err(),
+            "one source only"
+        );
+    }
+
+    #[test]
+    fn connected_mode_takes_every_replica() {
+        let c = Config::build(args(&[
+            "--control-plane",
+            "127.0.0.1:15010, https://cp-1:15010",
+            "--state-dir",
+            "/var/lib/trellis",
+        ]))
+        .expect("valid");
+        let DiscoveryConfig::Remote { urls, state_dir } = c.discovery else {
+            panic!("connected mode expected");
+        };
+        assert_eq!(urls, ["http://127.0.0.1:15010", "https://cp-1:15010"]);
+        assert_eq!(state_dir, Some(PathBuf::from("/var/lib/trellis")));
     }
 }

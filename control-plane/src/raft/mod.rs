@@ -1,7 +1,7 @@
 //! The Raft group of the control plane: openraft's type configuration, and
 //! durable storage in one redb file under `--data-dir` (log, vote,
 //! committed index and snapshots; see [`log_store`] and [`state_machine`]).
-//! The Raft RPC network and group management come next.
+//! Raft RPC between replicas is in [`network`].
 
 // redb's error type is 160 bytes; it travels only on the failure path of
 // disk I/O, where boxing it at every `?` would add noise and save nothing.
@@ -9,6 +9,7 @@
 
 mod db;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 #[cfg(test)]

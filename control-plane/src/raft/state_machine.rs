@@ -15,6 +15,7 @@ use openraft::{
 };
 use redb::Database;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::db::{blocking, from_json, read_meta, write_meta};
 use super::{Entry, LogId, NodeId, StorageError, StorageIOError, TypeConfig};
@@ -26,6 +27,9 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership<NodeId, BasicNode>,
     pub state: MeshState,
+    /// The config version: index of the last entry that changed `state`.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A snapshot as stored: its metadata and the serialized [`Applied`].
@@ -40,6 +44,8 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     db: Arc<Database>,
     applied: Arc<RwLock<Applied>>,
+    /// The config version, for whoever renders configs from the state.
+    version: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -49,10 +55,17 @@ impl StateMachineStore {
             Some(snapshot) => from_json(&snapshot.data)?,
             None => Applied::default(),
         };
+        let version = Arc::new(watch::Sender::new(applied.version));
         Ok(Self {
             db,
             applied: Arc::new(RwLock::new(applied)),
+            version,
         })
+    }
+
+    /// Follows the config version; it changes after the state does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Runs `f` on the current state.
@@ -140,7 +153,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => MeshResponse::default(),
-                EntryPayload::Normal(command) => applied.state.apply(command),
+                EntryPayload::Normal(command) => {
+                    let response = applied.state.apply(command);
+                    if response.changed {
+                        applied.version = entry.log_id.index;
+                    }
+                    response
+                }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     MeshResponse::default()
@@ -148,6 +167,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             responses.push(response);
         }
+        let version = applied.version;
+        drop(applied);
+        self.version
+            .send_if_modified(|v| std::mem::replace(v, version) != version);
         Ok(responses)
     }
 
@@ -178,7 +201,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data,
         })
         .await?;
+        let version = installed.version;
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            resources = installed.state.len(),
+            "installed snapshot from the leader"
+        );
         *self.write() = installed;
+        self.version.send_replace(version);
         Ok(())
     }
 

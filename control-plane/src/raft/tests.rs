@@ -60,6 +60,7 @@ async fn a_reopened_store_has_everything_it_acknowledged() -> Result<(), Storage
                 name: name.into(),
             },
             document: serde_json::json!({ "name": name }),
+            source: "cli".into(),
         }),
     };
     let expected_hash = {

@@ -4,6 +4,8 @@
 //! namespace and name. Applying the same commands in the same order gives
 //! the same state and the same [`MeshState::hash`] on every replica.
 
+pub mod resources;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -27,13 +29,18 @@ impl fmt::Display for ResourceKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MeshCommand {
     /// Creates or replaces a resource. `document` is the whole resource
-    /// (`apiVersion`, `kind`, `metadata`, `spec`) as JSON.
+    /// (`apiVersion`, `kind`, `metadata`, `spec`) as JSON; `source` names
+    /// who wrote it (`cli`, `file`, ...): a source only removes its own.
     Apply {
         key: ResourceKey,
         document: serde_json::Value,
+        #[serde(default)]
+        source: String,
     },
     /// Removes a resource; removing an absent one changes nothing.
     Delete { key: ResourceKey },
+    /// Several changes applied together, as one config version.
+    Batch(Vec<MeshCommand>),
 }
 
 /// What applying a command did.
@@ -43,18 +50,25 @@ pub struct MeshResponse {
     pub changed: bool,
 }
 
+/// One stored resource and the source that wrote it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub document: serde_json::Value,
+    pub source: String,
+}
+
 /// The mesh configuration as of some applied log index.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
 pub struct MeshState {
-    resources: BTreeMap<ResourceKey, serde_json::Value>,
+    resources: BTreeMap<ResourceKey, Record>,
 }
 
 /// [`MeshState`] as serialized (snapshots): JSON object keys must be
 /// strings, so the resources are a list of pairs.
 #[derive(Serialize, Deserialize)]
 struct Stored {
-    resources: Vec<(ResourceKey, serde_json::Value)>,
+    resources: Vec<(ResourceKey, Record)>,
 }
 
 impl From<Stored> for MeshState {
@@ -76,20 +90,39 @@ impl From<MeshState> for Stored {
 impl MeshState {
     pub fn apply(&mut self, command: MeshCommand) -> MeshResponse {
         let changed = match command {
-            MeshCommand::Apply { key, document } => {
-                self.resources.insert(key, document.clone()).as_ref() != Some(&document)
+            MeshCommand::Apply {
+                key,
+                document,
+                source,
+            } => {
+                let record = Record { document, source };
+                match self.resources.get(&key) {
+                    Some(old) if *old == record => false,
+                    _ => {
+                        self.resources.insert(key, record);
+                        true
+                    }
+                }
             }
             MeshCommand::Delete { key } => self.resources.remove(&key).is_some(),
+            MeshCommand::Batch(commands) => {
+                // Every command applies; no short circuit.
+                let mut changed = false;
+                for c in commands {
+                    changed |= self.apply(c).changed;
+                }
+                changed
+            }
         };
         MeshResponse { changed }
     }
 
-    pub fn get(&self, key: &ResourceKey) -> Option<&serde_json::Value> {
+    pub fn get(&self, key: &ResourceKey) -> Option<&Record> {
         self.resources.get(key)
     }
 
     /// Every resource, ordered by key.
-    pub fn resources(&self) -> impl Iterator<Item = (&ResourceKey, &serde_json::Value)> {
+    pub fn resources(&self) -> impl Iterator<Item = (&ResourceKey, &Record)> {
         self.resources.iter()
     }
 
@@ -105,20 +138,25 @@ impl MeshState {
     /// commands.
     pub fn hash(&self) -> String {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        for (key, document) in &self.resources {
+        for (key, record) in &self.resources {
             let key = key.to_string();
-            let document = document.to_string();
-            for part in [key.as_bytes(), document.as_bytes()] {
+            let document = record.document.to_string();
+            for part in [
+                key.as_bytes(),
+                document.as_bytes(),
+                record.source.as_bytes(),
+            ] {
                 ctx.update(&(part.len() as u64).to_be_bytes());
                 ctx.update(part);
             }
         }
-        ctx.finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(ctx.finish().as_ref())
     }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -138,6 +176,7 @@ mod tests {
         MeshCommand::Apply {
             key: key(name),
             document: json!({"kind": "VirtualService", "spec": {"weight": weight}}),
+            source: "cli".into(),
         }
     }
 
@@ -147,10 +186,23 @@ mod tests {
         assert!(s.apply(apply("a", 1)).changed);
         assert!(!s.apply(apply("a", 1)).changed, "same document again");
         assert!(s.apply(apply("a", 2)).changed);
-        assert_eq!(s.get(&key("a")).expect("present")["spec"]["weight"], 2);
+        assert_eq!(
+            s.get(&key("a")).expect("present").document["spec"]["weight"],
+            2
+        );
         assert!(s.apply(MeshCommand::Delete { key: key("a") }).changed);
         assert!(!s.apply(MeshCommand::Delete { key: key("a") }).changed);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_batch_applies_every_change() {
+        let mut s = MeshState::default();
+        s.apply(apply("a", 1));
+        let batch = MeshCommand::Batch(vec![apply("b", 1), MeshCommand::Delete { key: key("a") }]);
+        assert!(s.apply(batch.clone()).changed);
+        assert!(!s.apply(batch).changed, "same batch again");
+        assert!(s.get(&key("a")).is_none() && s.get(&key("b")).is_some());
     }
 
     #[test]

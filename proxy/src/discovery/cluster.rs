@@ -4,7 +4,7 @@
 //! (endpoint load and health, the budget) is carried over from the previous
 //! cluster of the same name.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub struct Cluster {
 pub struct Endpoint {
     /// `address:port`, the URI authority used to reach it.
     pub authority: http::uri::Authority,
-    pub labels: HashMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     pub load: Arc<EndpointLoad>,
     pub health: Arc<OutlierState>,
     /// Connections to this endpoint.

@@ -1,16 +1,21 @@
 //! Where the proxy's configuration comes from and where it is kept: the
 //! [`ConfigStore`] holds the current [`RouteTable`], swapped atomically on
-//! every accepted config; sources (today the static file) feed it.
+//! every accepted config; sources feed it: the static file, or the
+//! control-plane stream ([`remote`]).
 
 pub mod cluster;
 pub mod matcher;
 pub mod model;
+pub mod remote;
 pub mod static_file;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use trellis_api as api;
+
+use crate::config::NodeConfig;
 
 pub use cluster::{Cluster, Endpoint, Env};
 pub use model::{ModelError, Route, RouteTable, VirtualHost};
@@ -42,6 +47,29 @@ impl ConfigStore {
     pub fn store(&self, table: RouteTable) {
         self.table.store(Arc::new(table));
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Builds `config` for this node and puts it in service (counted as a
+    /// successful reload); the reasons when it cannot run, in which case
+    /// the last config stays.
+    pub fn install(
+        &self,
+        config: &api::ProxyConfig,
+        node: &NodeConfig,
+        env: &Env,
+    ) -> Result<(), Vec<String>> {
+        let previous = self.load();
+        match RouteTable::build(config, node, Some(&previous), env) {
+            Ok(table) => {
+                self.store(table);
+                env.metrics
+                    .config_version
+                    .set(i64::try_from(config.version).unwrap_or(i64::MAX));
+                env.metrics.reload(true);
+                Ok(())
+            }
+            Err(errors) => Err(errors.iter().map(ToString::to_string).collect()),
+        }
     }
 
     /// True once a config has been applied.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use trellis_crds::{compile, load_str, validate, Endpoints};
 
-use super::{ConfigStore, Env, RouteTable};
+use super::{ConfigStore, Env};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
@@ -115,15 +115,8 @@ impl StaticFile {
         let mut config = compile(&rules, &Endpoints::from_service_entries(&rules));
         config.version = self.version + 1;
         config.source = format!("file:{name}");
-        let previous = self.store.load();
-        let table = RouteTable::build(&config, &self.node, Some(&previous), &self.env)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        self.store.install(&config, &self.node, &self.env)?;
         self.version += 1;
-        self.store.store(table);
-        self.metrics
-            .config_version
-            .set(i64::try_from(self.version).unwrap_or(i64::MAX));
-        self.metrics.reload(true);
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
-//! `trellisctl`: the Trellis command line. Today: `validate`.
+//! `trellisctl`: the Trellis command line. `validate` works offline; the
+//! other commands talk to any control-plane replica (`--server`).
 
+mod remote;
 mod validate;
 
 use std::process::ExitCode;
@@ -9,6 +11,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "trellisctl", version, about = "Operate a Trellis mesh")]
 struct Cli {
+    #[command(flatten)]
+    server: remote::Server,
     #[command(subcommand)]
     command: Command,
 }
@@ -17,11 +21,45 @@ struct Cli {
 enum Command {
     /// Load and validate rule files; print every error as file:line:col: field: message.
     Validate(validate::Args),
+    /// Write the rules of files to the mesh; returns once committed.
+    Apply(remote::ApplyArgs),
+    /// Remove rules (those of -f files, or one KIND/NAME).
+    Delete(remote::DeleteArgs),
+    /// List the rules the mesh holds.
+    Get(remote::GetArgs),
+    /// Form and change the control plane's Raft group.
+    Cluster {
+        #[command(subcommand)]
+        command: remote::ClusterCommand,
+    },
+    /// Every proxy: the replica it streams from, its version, ACK or NACK.
+    ProxyStatus(remote::ProxyStatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Validate(args) => validate::run(&args),
+    if let Command::Validate(args) = &cli.command {
+        return validate::run(args);
     }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = &cli.server;
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Validate(_) => unreachable!("handled above"),
+            Command::Apply(args) => remote::apply(server, args).await,
+            Command::Delete(args) => remote::delete(server, args).await,
+            Command::Get(args) => remote::get(server, args).await,
+            Command::Cluster { command } => remote::cluster(server, command).await,
+            Command::ProxyStatus(args) => remote::proxy_status(server, args).await,
+        }
+    })
 }

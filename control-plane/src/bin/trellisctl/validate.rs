@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> ExitCode {
 }
 
 /// Files as given; directories expanded to their YAML files, sorted.
-fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+pub fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {

@@ -1,0 +1,120 @@
+//! Admin endpoint of a replica (default `:15014`): `/live`, `/ready` (a
+//! leader is known), `/metrics`, `/proxy-status` (this replica's proxies as
+//! JSON).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::replica::Replica;
+
+/// Serves `listener` until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    replica: Arc<Replica>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let replica = replica.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let reply = handle(&replica, &req);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn handle<B>(replica: &Replica, req: &Request<B>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" => match replica.leader() {
+            Some((id, _)) => reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("ready; leader {id}\n"),
+            ),
+            None => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no leader known\n".into(),
+            ),
+        },
+        "/metrics" => {
+            refresh(replica);
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                replica.metrics.encode(),
+            )
+        }
+        "/proxy-status" => {
+            let records: Vec<serde_json::Value> = replica
+                .registry
+                .records()
+                .into_iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "proxy": r.proxy, "namespace": r.namespace, "service": r.service,
+                        "replica": r.replica, "pushed_version": r.pushed_version,
+                        "acked_version": r.acked_version, "status": r.status,
+                        "last_error": r.last_error, "config_hash": r.config_hash,
+                        "age_ms": r.age_ms,
+                    })
+                })
+                .collect();
+            let text = serde_json::to_string_pretty(&records).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", text)
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Copies openraft's view into the Raft gauges.
+fn refresh(replica: &Replica) {
+    let m = replica.raft.metrics().borrow().clone();
+    let metrics = &replica.metrics;
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    metrics.raft_term.set(gauge(m.current_term));
+    metrics
+        .raft_leader
+        .set(gauge(m.current_leader.unwrap_or(0)));
+    metrics
+        .raft_is_leader
+        .set(i64::from(m.current_leader == Some(replica.id)));
+    metrics
+        .raft_applied_index
+        .set(gauge(m.last_applied.map_or(0, |l| l.index)));
+    metrics
+        .config_version
+        .set(gauge(replica.sm.read(|a| a.version)));
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    response
+}

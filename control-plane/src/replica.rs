@@ -1,0 +1,207 @@
+//! One replica: its Raft, state machine, metrics and proxy registry, and
+//! the operations every front end (gRPC, file source) goes through: writes
+//! validated and proposed on the leader, reads made linearizable there, and
+//! the way to reach the leader from a follower.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tonic::transport::Channel;
+use tonic::Status;
+use trellis_api::mesh_control_client::MeshControlClient;
+
+use crate::metrics::Metrics;
+use crate::push::Registry;
+use crate::raft::{network, NodeId, Raft, StateMachineStore};
+use crate::state::resources::state_rules;
+use crate::state::{MeshCommand, MeshState};
+
+/// How long a request waits for a leader to be known.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// The gRPC metadata key marking a request one replica forwarded to another.
+pub const FORWARDED: &str = "x-trellis-forwarded";
+
+/// Shared by every part of a running replica.
+pub struct Replica {
+    pub id: NodeId,
+    /// Where peers and `trellisctl` reach this replica's `--raft-addr`.
+    pub addr: String,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a write was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The write would make the mesh configuration invalid.
+    #[error("invalid configuration:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    /// No leader, or leadership moved while writing; the write may be retried.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            WriteError::Unavailable(m) => Status::unavailable(m),
+        }
+    }
+}
+
+/// Where a request goes: handled here (this replica leads) or at the leader.
+pub enum Route {
+    Local,
+    Leader(MeshControlClient<Channel>),
+}
+
+impl Replica {
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        raft: Raft,
+        sm: StateMachineStore,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            id,
+            addr,
+            raft,
+            sm,
+            metrics,
+            registry: Arc::new(Registry::new(id)),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The leader and its address, as this replica knows them.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// The leader, waiting up to [`LEADER_WAIT`] for one to be elected.
+    pub async fn wait_leader(&self) -> Option<(NodeId, String)> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// A client of the replica at `addr` (channels are kept and reused).
+    pub fn client(&self, addr: &str) -> Result<MeshControlClient<Channel>, Status> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = network::channel(addr)
+                    .map_err(|e| Status::internal(format!("bad peer address {addr}: {e}")))?;
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(MeshControlClient::new(channel))
+    }
+
+    /// Where a leader-only request goes. A request already forwarded once is
+    /// not forwarded again (the caller retries instead).
+    pub async fn route(&self, forwarded: bool) -> Result<Route, Status> {
+        match self.wait_leader().await {
+            None => Err(Status::unavailable("no leader elected")),
+            Some((id, _)) if id == self.id => Ok(Route::Local),
+            Some((id, _)) if forwarded => Err(Status::unavailable(format!(
+                "not the leader (node {id} is); retry"
+            ))),
+            Some((_, addr)) => Ok(Route::Leader(self.client(&addr)?)),
+        }
+    }
+
+    /// Validates and proposes `command` on this replica, which must lead;
+    /// returns the log index once committed and applied, and whether the
+    /// state changed.
+    pub async fn propose(&self, command: MeshCommand) -> Result<(u64, bool), WriteError> {
+        self.check(&command)?;
+        let started = Instant::now();
+        match self.raft.client_write(command).await {
+            Ok(r) => {
+                self.metrics
+                    .raft_commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+                Ok((r.log_id.index, r.data.changed))
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(WriteError::Unavailable(format!(
+                    "leadership moved (to {:?}) during the write; retry",
+                    f.leader_id
+                )))
+            }
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Rejects a command that adds errors to the mesh configuration.
+    fn check(&self, command: &MeshCommand) -> Result<(), WriteError> {
+        let before = self.sm.read(|a| a.state.clone());
+        let mut after = before.clone();
+        after.apply(command.clone());
+        let known: BTreeSet<String> = errors_of(&before).into_iter().collect();
+        let new: Vec<String> = errors_of(&after)
+            .into_iter()
+            .filter(|e| !known.contains(e))
+            .collect();
+        if new.is_empty() {
+            Ok(())
+        } else {
+            Err(WriteError::Invalid(new))
+        }
+    }
+
+    /// Waits until this replica, as leader, has applied everything
+    /// committed before now.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+/// Every error of the rules in `state`.
+fn errors_of(state: &MeshState) -> Vec<String> {
+    let (rules, mut errors) = state_rules(state);
+    errors.extend(trellis_crds::validate(&rules).to_lines());
+    errors
+}

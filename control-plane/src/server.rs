@@ -1,0 +1,245 @@
+//! Starting and stopping a replica: storage, Raft, the gRPC ports (Raft +
+//! `MeshControl` on `--raft-addr`, the proxy stream on `--xds-addr`), the
+//! admin port, the renderer and the file source.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use trellis_api::mesh_control_server::MeshControlServer;
+use trellis_api::mesh_discovery_server::MeshDiscoveryServer;
+use trellis_api::raft_server::RaftServer;
+
+use crate::control::Control;
+use crate::grpc::Dispatch;
+use crate::metrics::Metrics;
+use crate::push::Push;
+use crate::raft::network::{NetworkFactory, RaftRpc};
+use crate::raft::{NodeId, Raft};
+use crate::render::{self, Rendered};
+use crate::replica::Replica;
+use crate::sources::file::FileSource;
+
+/// Everything a replica needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub raft_addr: SocketAddr,
+    /// How peers reach `raft_addr` (default: its address, loopback for an
+    /// unspecified one, or this node's entry in `peers`).
+    pub advertise: Option<String>,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub watch_dir: Option<PathBuf>,
+    pub watch_interval: Duration,
+    /// The initial group (`id=host:port`), for StatefulSet-style start; the
+    /// lowest id forms it when nothing is stored yet.
+    pub peers: Vec<(NodeId, String)>,
+    pub heartbeat: Duration,
+    /// Lower bound of the election timeout; the upper bound is twice it.
+    pub election_timeout: Duration,
+    /// Build a snapshot after this many entries.
+    pub snapshot_after: u64,
+    /// Entries kept in the log behind a snapshot (a peer further behind
+    /// catches up through the snapshot).
+    pub keep_logs: u64,
+}
+
+/// Why a replica did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{source} (--data-dir {dir})")]
+    Storage {
+        dir: String,
+        source: Box<crate::raft::StoreError>,
+    },
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running replica.
+#[derive(Debug)]
+pub struct Running {
+    pub raft_addr: SocketAddr,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub replica: Arc<Replica>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+async fn bind(addr: SocketAddr, name: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, name, source })
+}
+
+/// Opens the storage, starts Raft and every listener.
+pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
+    let (log, sm) = crate::raft::open(&config.data_dir).map_err(|source| StartError::Storage {
+        dir: config.data_dir.display().to_string(),
+        source: Box::new(source),
+    })?;
+    let raft_config = openraft::Config {
+        cluster_name: "trellis".into(),
+        heartbeat_interval: millis(config.heartbeat),
+        election_timeout_min: millis(config.election_timeout),
+        election_timeout_max: millis(config.election_timeout) * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after),
+        max_in_snapshot_log_to_keep: config.keep_logs,
+        install_snapshot_timeout: 2_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        NetworkFactory,
+        log,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let raft_listener = bind(config.raft_addr, "raft").await?;
+    let xds_listener = bind(config.xds_addr, "xds").await?;
+    let admin_listener = bind(config.admin_addr, "admin").await?;
+    let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Raft(e.to_string()));
+    let raft_addr = local(&raft_listener)?;
+    let xds_addr = local(&xds_listener)?;
+    let admin_addr = local(&admin_listener)?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        match config.peers.iter().find(|(id, _)| *id == config.node_id) {
+            Some((_, addr)) => addr.clone(),
+            None if raft_addr.ip().is_unspecified() => format!("127.0.0.1:{}", raft_addr.port()),
+            None => raft_addr.to_string(),
+        }
+    });
+
+    let metrics = Arc::new(Metrics::new());
+    let replica = Arc::new(Replica::new(
+        config.node_id,
+        advertise,
+        raft.clone(),
+        sm.clone(),
+        metrics.clone(),
+    ));
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let (rendered_tx, rendered) = watch::channel(Arc::new(Rendered::default()));
+    tasks.spawn(render::run(sm, rendered_tx, rx.clone()));
+
+    let dispatch = Dispatch {
+        raft: RaftServer::new(RaftRpc { raft: raft.clone() })
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+        control: MeshControlServer::new(Control {
+            replica: replica.clone(),
+        }),
+    };
+    tasks.spawn(grpc_serve("raft", raft_listener, dispatch, rx.clone()));
+    let push = MeshDiscoveryServer::new(Push {
+        replica: config.node_id,
+        rendered,
+        registry: replica.registry.clone(),
+        metrics,
+        shutdown: rx.clone(),
+        sessions: Arc::new(AtomicU64::new(1)),
+    });
+    tasks.spawn(grpc_serve("xds", xds_listener, push, rx.clone()));
+    tasks.spawn(crate::admin::serve(
+        admin_listener,
+        replica.clone(),
+        rx.clone(),
+    ));
+    if let Some(dir) = &config.watch_dir {
+        let source = FileSource {
+            dir: dir.clone(),
+            interval: config.watch_interval,
+            replica: replica.clone(),
+        };
+        tasks.spawn(source.run(rx.clone()));
+    }
+    if let Some(lowest) = config.peers.iter().map(|(id, _)| *id).min() {
+        if lowest == config.node_id && !raft.is_initialized().await.unwrap_or(true) {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(peers = ?config.peers, "formed the group from --peers"),
+                Err(e) => tracing::warn!(error = %e, "not forming the group from --peers"),
+            }
+        }
+    }
+    tracing::info!(node = config.node_id, %raft_addr, %xds_addr, %admin_addr, "control plane replica started");
+    Ok(Running {
+        raft_addr,
+        xds_addr,
+        admin_addr,
+        replica,
+        shutdown,
+        tasks,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+async fn grpc_serve<S>(
+    name: &'static str,
+    listener: TcpListener,
+    service: S,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = Server::builder()
+        .serve_with_incoming_shutdown(service, incoming, signal)
+        .await
+    {
+        tracing::error!(listener = name, error = %e, "grpc server failed");
+    }
+}
+
+impl Running {
+    /// Stops the listeners and tasks, then Raft.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.replica.raft.shutdown().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,177 @@
+//! Between the rule model (`trellis_crds::RuleSet`) and what the log
+//! stores: each resource as its JSON document under a [`ResourceKey`].
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize as _, Serialize};
+use trellis_crds::{Resource, RuleSet};
+
+use super::{MeshCommand, MeshState, Record, ResourceKey};
+
+/// Every rule of `rules` as `(key, document)`.
+pub fn documents(rules: &RuleSet) -> Result<Vec<(ResourceKey, serde_json::Value)>, String> {
+    let mut out = Vec::with_capacity(rules.len());
+    for vs in &rules.virtual_services {
+        out.push(document(vs)?);
+    }
+    for dr in &rules.destination_rules {
+        out.push(document(dr)?);
+    }
+    for se in &rules.service_entries {
+        out.push(document(se)?);
+    }
+    Ok(out)
+}
+
+fn document<S: Serialize>(r: &Resource<S>) -> Result<(ResourceKey, serde_json::Value), String> {
+    let key = ResourceKey {
+        kind: r.kind.clone(),
+        namespace: r.namespace().to_string(),
+        name: r.name().to_string(),
+    };
+    let value = serde_json::to_value(r).map_err(|e| format!("{key}: {e}"))?;
+    Ok((key, value))
+}
+
+/// The rules `state` holds, typed again; a document that no longer types
+/// (written by another version, say) is reported and left out.
+pub fn rule_set<'a>(
+    resources: impl IntoIterator<Item = (&'a ResourceKey, &'a serde_json::Value)>,
+) -> (RuleSet, Vec<String>) {
+    let mut rules = RuleSet::default();
+    let mut errors = Vec::new();
+    for (key, document) in resources {
+        let result = match key.kind.as_str() {
+            "VirtualService" => typed(document).map(|r| rules.virtual_services.push(r)),
+            "DestinationRule" => typed(document).map(|r| rules.destination_rules.push(r)),
+            "ServiceEntry" => typed(document).map(|r| rules.service_entries.push(r)),
+            other => Err(format!("kind {other} is not a rule")),
+        };
+        if let Err(e) = result {
+            errors.push(format!("{key}: {e}"));
+        }
+    }
+    (rules, errors)
+}
+
+fn typed<S: DeserializeOwned>(document: &serde_json::Value) -> Result<Resource<S>, String> {
+    Resource::<S>::deserialize(document).map_err(|e| e.to_string())
+}
+
+/// The rules of the whole state.
+pub fn state_rules(state: &MeshState) -> (RuleSet, Vec<String>) {
+    rule_set(state.resources().map(|(k, r)| (k, &r.document)))
+}
+
+/// The fewest commands that make the resources owned by `source` equal to
+/// `desired`: applies for new or changed ones, deletes for the ones gone.
+/// A resource another source wrote is taken over when `desired` names it.
+pub fn diff(
+    state: &MeshState,
+    source: &str,
+    desired: Vec<(ResourceKey, serde_json::Value)>,
+) -> Vec<MeshCommand> {
+    let desired: BTreeMap<ResourceKey, serde_json::Value> = desired.into_iter().collect();
+    let mut commands = Vec::new();
+    for (key, record) in state.resources() {
+        if record.source == source && !desired.contains_key(key) {
+            commands.push(MeshCommand::Delete { key: key.clone() });
+        }
+    }
+    for (key, document) in desired {
+        let record = Record {
+            document,
+            source: source.to_string(),
+        };
+        if state.get(&key) != Some(&record) {
+            commands.push(MeshCommand::Apply {
+                key,
+                document: record.document,
+                source: record.source,
+            });
+        }
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+"#;
+
+    fn loaded() -> RuleSet {
+        trellis_crds::load_str("rules.yaml", RULES).expect("valid")
+    }
+
+    #[test]
+    fn documents_round_trip_to_the_same_rules() {
+        let docs = documents(&loaded()).expect("serializes");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].0.to_string(), "VirtualService/shop/reviews");
+        let mut state = MeshState::default();
+        for command in diff(&state.clone(), "file", docs) {
+            state.apply(command);
+        }
+        let (rules, errors) = state_rules(&state);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut expected = loaded();
+        for vs in &mut expected.virtual_services {
+            vs.origin = None;
+        }
+        for dr in &mut expected.destination_rules {
+            dr.origin = None;
+        }
+        assert_eq!(rules.virtual_services, expected.virtual_services);
+        assert_eq!(rules.destination_rules, expected.destination_rules);
+    }
+
+    #[test]
+    fn diff_is_minimal_and_keeps_other_sources() {
+        let docs = documents(&loaded()).expect("serializes");
+        let mut state = MeshState::default();
+        state.apply(MeshCommand::Apply {
+            key: ResourceKey {
+                kind: "VirtualService".into(),
+                namespace: "shop".into(),
+                name: "by-hand".into(),
+            },
+            document: serde_json::json!({}),
+            source: "cli".into(),
+        });
+        for c in diff(&state.clone(), "file", docs.clone()) {
+            state.apply(c);
+        }
+        assert!(
+            diff(&state, "file", docs.clone()).is_empty(),
+            "nothing changed"
+        );
+        let only_vs = vec![docs[0].clone()];
+        let commands = diff(&state, "file", only_vs);
+        assert_eq!(
+            commands,
+            vec![MeshCommand::Delete {
+                key: docs[1].0.clone()
+            }],
+            "the rule removed from the files is deleted; the cli's stays"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! A control plane of real `trellis-control-plane` replicas on loopback,
+//! proxies connected to it, and `trellisctl` against it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::harness::{bin, free_addr, sum_samples, wait_until, Process, TempDir};
+
+/// One replica: its addresses, data directory and (while running) process.
+#[derive(Debug)]
+pub struct Replica {
+    pub id: u64,
+    pub raft: SocketAddr,
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    pub data: PathBuf,
+    pub process: Option<Process>,
+    starts: usize,
+}
+
+/// A Raft group of replicas sharing one watched directory.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub replicas: Vec<Replica>,
+    /// The `--watch-dir` of every replica.
+    pub watch_dir: PathBuf,
+    extra: Vec<String>,
+    dir: TempDir,
+}
+
+impl ControlPlane {
+    /// Starts `n` replicas formed by `--peers` and waits for a leader.
+    /// `extra` flags go to every replica.
+    pub fn start(n: u64, extra: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("control-plane")?;
+        let watch_dir = dir.path().join("rules");
+        std::fs::create_dir_all(&watch_dir)?;
+        let replicas = (1..=n)
+            .map(|id| Replica {
+                id,
+                raft: free_addr(),
+                xds: free_addr(),
+                admin: free_addr(),
+                data: dir.path().join(format!("data-{id}")),
+                process: None,
+                starts: 0,
+            })
+            .collect();
+        let mut cp = Self {
+            replicas,
+            watch_dir,
+            extra: extra.iter().map(ToString::to_string).collect(),
+            dir,
+        };
+        for id in 1..=n {
+            cp.spawn(id)?;
+        }
+        if cp.wait_leader(Duration::from_secs(10)).is_none() {
+            bail!("no leader within 10 s:\n{}", cp.logs());
+        }
+        Ok(cp)
+    }
+
+    fn replica(&self, id: u64) -> &Replica {
+        &self.replicas[(id - 1) as usize]
+    }
+
+    /// Starts replica `id` (again), on its old addresses and data.
+    pub fn spawn(&mut self, id: u64) -> Result<()> {
+        let peers: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| format!("{}={}", r.id, r.raft))
+            .collect();
+        let peers = peers.join(",");
+        let watch = self.watch_dir.display().to_string();
+        let log_dir = self.dir.path().to_path_buf();
+        let extra = self.extra.clone();
+        let r = &mut self.replicas[(id - 1) as usize];
+        r.starts += 1;
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--data-dir".into(),
+            r.data.display().to_string(),
+            "--raft-addr".into(),
+            r.raft.to_string(),
+            "--xds-addr".into(),
+            r.xds.to_string(),
+            "--admin-addr".into(),
+            r.admin.to_string(),
+            "--watch-dir".into(),
+            watch,
+            "--peers".into(),
+            peers,
+        ];
+        args.extend(extra);
+        let log = log_dir.join(format!("replica-{id}.{}.log", r.starts));
+        let process = Process::spawn(
+            &format!("replica {id}"),
+            &bin("trellis-control-plane")?,
+            &args,
+            log,
+        )?;
+        r.process = Some(process);
+        if !crate::harness::wait_for_port(r.admin, Duration::from_secs(10)) {
+            bail!("replica {id} did not open its admin port:\n{}", self.logs());
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs replica `id`.
+    pub fn kill(&mut self, id: u64) {
+        let r = &mut self.replicas[(id - 1) as usize];
+        if let Some(mut p) = r.process.take() {
+            p.kill();
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.replica(id).process.is_some()
+    }
+
+    /// The leader as the running replicas' admin metrics say (one that says
+    /// it leads).
+    pub fn leader(&self) -> Option<u64> {
+        self.replicas
+            .iter()
+            .filter(|r| r.process.is_some())
+            .find(|r| {
+                crate::client::blocking_get(r.admin, "/metrics")
+                    .is_ok_and(|(_, body)| sum_samples(&body, "trellis_raft_is_leader", &[]) == 1.0)
+            })
+            .map(|r| r.id)
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        let mut leader = None;
+        wait_until(timeout, || {
+            leader = self.leader();
+            leader.is_some()
+        });
+        leader
+    }
+
+    /// Every running replica's stream address, as `--control-plane` takes them.
+    pub fn xds_urls(&self) -> String {
+        let urls: Vec<String> = self.replicas.iter().map(|r| r.xds.to_string()).collect();
+        urls.join(",")
+    }
+
+    /// `--server` for trellisctl: every replica.
+    pub fn servers(&self) -> String {
+        let s: Vec<String> = self.replicas.iter().map(|r| r.raft.to_string()).collect();
+        s.join(",")
+    }
+
+    /// Runs `trellisctl --server <all replicas> args...`: (success, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        ctl_at(&self.servers(), args)
+    }
+
+    /// `trellisctl cluster status -o json` of replica `id` alone.
+    pub fn status(&self, id: u64) -> Result<serde_json::Value> {
+        let r = self.replica(id);
+        let (ok, out, err) = ctl_at(
+            &r.raft.to_string(),
+            &["--timeout", "1s", "cluster", "status", "-o", "json"],
+        )?;
+        if !ok {
+            bail!("status of replica {id}: {err}");
+        }
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// `trellisctl proxy-status -o json`.
+    pub fn proxy_status(&self) -> Result<serde_json::Value> {
+        let (ok, out, err) = self.ctl(&["proxy-status", "-o", "json"])?;
+        if !ok {
+            bail!("proxy-status: {err}");
+        }
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Writes `name` into the watched directory atomically.
+    pub fn write_rules(&self, name: &str, yaml: &str) -> Result<()> {
+        write_atomic(&self.watch_dir.join(name), yaml)
+    }
+
+    /// Every replica's log so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        names.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        names.sort();
+        names
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("---- {} ----\n{}\n", p.display(), tail.join("\n"))
+            })
+            .collect()
+    }
+
+    /// The text of every log of replica `id`.
+    pub fn log_of(&self, id: u64) -> String {
+        let r = self.replica(id);
+        (1..=r.starts)
+            .map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("replica-{id}.{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+/// `trellisctl --server servers args...`.
+pub fn ctl_at(servers: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(bin("trellisctl")?)
+        .arg("--server")
+        .arg(servers)
+        .args(args)
+        .output()
+        .context("running trellisctl")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Replaces `path` atomically (write + rename).
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A `trellis-proxy` in connected mode.
+#[derive(Debug)]
+pub struct ConnectedProxy {
+    pub id: String,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub state_dir: PathBuf,
+    pub process: Process,
+    args: Vec<String>,
+    dir: TempDir,
+}
+
+impl ConnectedProxy {
+    /// Starts proxy `id` streaming from `urls` (comma-separated), with a
+    /// state dir; does not wait for a config.
+    pub fn spawn(id: &str, urls: &str) -> Result<Self> {
+        let dir = TempDir::new("connected-proxy")?;
+        let (outbound, admin) = (free_addr(), free_addr());
+        let state_dir = dir.path().join("state");
+        let args = vec![
+            "--control-plane".to_string(),
+            urls.to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--node-id".into(),
+            id.to_string(),
+            "--outbound-addr".into(),
+            outbound.to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+        ];
+        let process = Process::spawn(
+            &format!("proxy {id}"),
+            &bin("trellis-proxy")?,
+            &args,
+            dir.path().join("proxy.1.log"),
+        )?;
+        Ok(Self {
+            id: id.to_string(),
+            outbound,
+            admin,
+            state_dir,
+            process,
+            args,
+            dir,
+        })
+    }
+
+    /// Kills the process and starts it again with the same flags and state.
+    pub fn restart(&mut self, attempt: usize) -> Result<()> {
+        self.process.kill();
+        self.process = Process::spawn(
+            &format!("proxy {} (restarted)", self.id),
+            &bin("trellis-proxy")?,
+            &self.args,
+            self.dir.path().join(format!("proxy.{attempt}.log")),
+        )?;
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        crate::client::blocking_get(self.admin, "/ready").is_ok_and(|(s, _)| s == 200)
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        if !wait_until(timeout, || self.is_ready()) {
+            self.process.check_running()?;
+            bail!("proxy {} not ready:\n{}", self.id, self.process.log_text());
+        }
+        Ok(())
+    }
+
+    /// `GET / Host: host` through the proxy: the `version` of the echo
+    /// backend that answered, or an error naming the status.
+    pub fn version_of(&self, host: &str) -> Result<String> {
+        fetch_version(self.outbound, host)
+    }
+}
+
+/// One blocking HTTP/1.1 GET through a proxy; the echo backend's `version`.
+pub fn fetch_version(proxy: SocketAddr, host: &str) -> Result<String> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&proxy, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text.split(' ').nth(1).unwrap_or("?");
+    if status != "200" {
+        let head = text.lines().take(8).collect::<Vec<_>>().join(" | ");
+        bail!("status {status} after {:?}: {head}", started.elapsed());
+    }
+    let body = text.split("\r\n\r\n").nth(1).context("no body")?;
+    let json: serde_json::Value = serde_json::from_str(body.trim())
+        .with_context(|| format!("echo body is not JSON: {body:?}"))?;
+    Ok(json["version"].as_str().unwrap_or_default().to_string())
+}
+
+/// `n` writes through the operator API (gRPC, one resource each), retried
+/// on any replica while none can take them: for tests that need many
+/// writes faster than `trellisctl` processes start.
+pub fn write_many(servers: &str, n: usize, yaml: impl Fn(usize) -> String) -> Result<()> {
+    use trellis_api::mesh_control_client::MeshControlClient;
+    let servers: Vec<String> = servers.split(',').map(String::from).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let clients: Vec<_> = servers
+            .iter()
+            .map(|s| trellis_control_plane::raft::network::channel(s).map(MeshControlClient::new))
+            .collect::<std::result::Result<_, _>>()?;
+        for i in 0..n {
+            let rules = trellis_crds::load_str("generated.yaml", &yaml(i))
+                .map_err(|e| anyhow::anyhow!("{:?}", e.to_lines()))?;
+            let changes = trellis_control_plane::state::resources::documents(&rules)
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|(key, document)| trellis_api::Change {
+                    resource: Some(trellis_api::ResourceRef {
+                        kind: key.kind,
+                        namespace: key.namespace,
+                        name: key.name,
+                    }),
+                    document_json: document.to_string(),
+                })
+                .collect();
+            let request = trellis_api::WriteRequest {
+                changes,
+                source: "cli".into(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut attempt = 0;
+            loop {
+                let mut client = clients[attempt % clients.len()].clone();
+                attempt += 1;
+                match client.write(request.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "write retried");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => bail!("write {i}: {}", e.message()),
+                }
+            }
+        }
+        Ok(())
+    })
+}
