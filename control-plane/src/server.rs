@@ -148,6 +148,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
 
     let (rendered_tx, rendered) = watch::channel(Arc::new(Rendered::default()));
     tasks.spawn(render::run(sm, rendered_tx, rx.clone()));
+    tasks.spawn(log_leadership(raft.clone(), rx.clone()));
 
     let dispatch = Dispatch {
         raft: RaftServer::new(RaftRpc { raft: raft.clone() })
@@ -202,6 +203,29 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         shutdown,
         tasks,
     })
+}
+
+/// Logs each change of leader as this replica sees it.
+async fn log_leadership(raft: Raft, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    let mut known = None;
+    loop {
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if leader != known {
+            match leader {
+                Some(id) => tracing::info!(leader = id, term, "leader known"),
+                None => tracing::info!(term, "no leader known"),
+            }
+            known = leader;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 fn millis(d: Duration) -> u64 {

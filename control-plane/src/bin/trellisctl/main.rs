@@ -1,6 +1,7 @@
 //! `trellisctl`: the Trellis command line. `validate` works offline; the
 //! other commands talk to any control-plane replica (`--server`).
 
+mod demo;
 mod remote;
 mod validate;
 
@@ -34,6 +35,8 @@ enum Command {
     },
     /// Every proxy: the replica it streams from, its version, ACK or NACK.
     ProxyStatus(remote::ProxyStatusArgs),
+    /// A whole mesh on this machine: 3 replicas, sidecars, backends, live traffic.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             Command::Get(args) => remote::get(server, args).await,
             Command::Cluster { command } => remote::cluster(server, command).await,
             Command::ProxyStatus(args) => remote::proxy_status(server, args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     })
 }

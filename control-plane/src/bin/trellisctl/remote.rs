@@ -36,6 +36,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Server {
+    pub fn new(server: Vec<String>, timeout: Duration) -> Self {
+        Self { server, timeout }
+    }
+
     /// Runs `call` against each replica in turn until one answers, retrying
     /// while the error says a later try may succeed (no leader yet, a
     /// replica down), up to `--timeout`.
@@ -116,7 +120,7 @@ pub async fn apply(server: &Server, args: &ApplyArgs) -> ExitCode {
 }
 
 /// The changes that write (or, `!apply`, delete) the rules of `files`.
-fn changes_of(files: &[PathBuf], apply: bool) -> Result<Vec<api::Change>, ExitCode> {
+pub fn changes_of(files: &[PathBuf], apply: bool) -> Result<Vec<api::Change>, ExitCode> {
     let files = expand(files).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
