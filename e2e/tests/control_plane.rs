@@ -103,6 +103,7 @@ fn a_rule_change_reaches_every_proxy_within_a_second_and_both_ack() -> Result<()
     let Some(took) = took else {
         bail!("routing did not change within 5 s:\n{}", mesh.cp.logs());
     };
+    eprintln!("rule change reached both proxies in {took:?}");
     assert!(took <= Duration::from_secs(1), "took {took:?}");
     let ok = wait_until(Duration::from_secs(2), || {
         rows(&mesh.cp).is_ok_and(|rows| {
@@ -179,6 +180,7 @@ fn killing_the_leader_elects_another_and_fails_no_request() -> Result<()> {
     let Some(new) = new else {
         bail!("no new leader:\n{}", mesh.cp.logs());
     };
+    eprintln!("leader {old} killed; node {new} leads after {elected:?}");
     assert_ne!(new, old);
     assert!(
         elected <= Duration::from_secs(2),
@@ -204,6 +206,10 @@ fn killing_the_leader_elects_another_and_fails_no_request() -> Result<()> {
         mesh.cp.logs()
     );
     let (sent, failures) = traffic.stop();
+    eprintln!(
+        "{sent} requests through the proxies during the failover, {} failed",
+        failures.len()
+    );
     assert!(sent > 100, "only {sent} requests sent");
     assert!(
         failures.is_empty(),
@@ -276,6 +282,10 @@ fn every_acknowledged_write_survives_leader_kills() -> Result<()> {
             acknowledged.push(name);
         }
     }
+    eprintln!(
+        "{} of 500 writes acknowledged; {kills} leader kills",
+        acknowledged.len()
+    );
     assert!(kills >= 3, "only {kills} leader kills during the writes");
     assert!(
         acknowledged.len() >= 450,
