@@ -30,6 +30,9 @@ pub struct ControlPlane {
     /// The `--watch-dir` of every replica.
     pub watch_dir: PathBuf,
     extra: Vec<String>,
+    /// Whether replicas are started with `--peers` (else they wait for
+    /// `trellisctl cluster init`).
+    peers: bool,
     dir: TempDir,
 }
 
@@ -37,6 +40,20 @@ impl ControlPlane {
     /// Starts `n` replicas formed by `--peers` and waits for a leader.
     /// `extra` flags go to every replica.
     pub fn start(n: u64, extra: &[&str]) -> Result<Self> {
+        let cp = Self::spawn_all(n, extra, true)?;
+        if cp.wait_leader(Duration::from_secs(10)).is_none() {
+            bail!("no leader within 10 s:\n{}", cp.logs());
+        }
+        Ok(cp)
+    }
+
+    /// Starts `n` replicas that know no peers: no group until
+    /// `trellisctl cluster init`.
+    pub fn start_unformed(n: u64) -> Result<Self> {
+        Self::spawn_all(n, &[], false)
+    }
+
+    fn spawn_all(n: u64, extra: &[&str], peers: bool) -> Result<Self> {
         let dir = TempDir::new("control-plane")?;
         let watch_dir = dir.path().join("rules");
         std::fs::create_dir_all(&watch_dir)?;
@@ -55,13 +72,11 @@ impl ControlPlane {
             replicas,
             watch_dir,
             extra: extra.iter().map(ToString::to_string).collect(),
+            peers,
             dir,
         };
         for id in 1..=n {
             cp.spawn(id)?;
-        }
-        if cp.wait_leader(Duration::from_secs(10)).is_none() {
-            bail!("no leader within 10 s:\n{}", cp.logs());
         }
         Ok(cp)
     }
@@ -81,6 +96,7 @@ impl ControlPlane {
         let watch = self.watch_dir.display().to_string();
         let log_dir = self.dir.path().to_path_buf();
         let extra = self.extra.clone();
+        let with_peers = self.peers;
         let r = &mut self.replicas[(id - 1) as usize];
         r.starts += 1;
         let mut args = vec![
@@ -96,9 +112,10 @@ impl ControlPlane {
             r.admin.to_string(),
             "--watch-dir".into(),
             watch,
-            "--peers".into(),
-            peers,
         ];
+        if with_peers {
+            args.extend(["--peers".to_string(), peers]);
+        }
         args.extend(extra);
         let log = log_dir.join(format!("replica-{id}.{}.log", r.starts));
         let process = Process::spawn(
@@ -158,6 +175,11 @@ impl ControlPlane {
     pub fn servers(&self) -> String {
         let s: Vec<String> = self.replicas.iter().map(|r| r.raft.to_string()).collect();
         s.join(",")
+    }
+
+    /// `trellisctl --server <replica id> args...`.
+    pub fn ctl_on(&self, id: u64, args: &[&str]) -> Result<(bool, String, String)> {
+        ctl_at(&self.replica(id).raft.to_string(), args)
     }
 
     /// Runs `trellisctl --server <all replicas> args...`: (success, stdout, stderr).

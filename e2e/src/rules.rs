@@ -9,6 +9,12 @@ pub fn service(host: &str, backends: &[(&str, &Echo)], extra: &str) -> String {
     service_with_policy(host, backends, "", extra)
 }
 
+/// As [`service`], with endpoints given by port (a sidecar's inbound
+/// listener, say) rather than by echo backend.
+pub fn service_at(host: &str, backends: &[(&str, u16)], extra: &str) -> String {
+    service_text(host, backends, "", extra)
+}
+
 /// A `VirtualService` for `host` whose `http:` list is `http` (YAML lines
 /// starting at two spaces of indentation).
 pub fn virtual_service(host: &str, http: &str) -> String {
@@ -26,12 +32,19 @@ spec:
 /// The `ServiceEntry` of [`service`] alone (for tests that bring their own
 /// DestinationRule, such as Istio's samples).
 pub fn service_entry(host: &str, backends: &[(&str, &Echo)]) -> String {
+    service_entry_at(host, &ports(backends))
+}
+
+fn ports<'a>(backends: &[(&'a str, &Echo)]) -> Vec<(&'a str, u16)> {
+    backends.iter().map(|(v, e)| (*v, e.port())).collect()
+}
+
+fn service_entry_at(host: &str, backends: &[(&str, u16)]) -> String {
     let endpoints: String = backends
         .iter()
-        .map(|(v, e)| {
+        .map(|(v, port)| {
             format!(
-                "  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: {v}}}}}\n",
-                e.port()
+                "  - {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{version: {v}}}}}\n"
             )
         })
         .collect();
@@ -56,6 +69,10 @@ pub fn service_with_policy(
     policy: &str,
     extra: &str,
 ) -> String {
+    service_text(host, &ports(backends), policy, extra)
+}
+
+fn service_text(host: &str, backends: &[(&str, u16)], policy: &str, extra: &str) -> String {
     let subsets: String = backends
         .iter()
         .map(|(v, _)| format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"))
@@ -75,6 +92,6 @@ spec:
 {policy}  subsets:
 {subsets}---
 {extra}",
-        service_entry(host, backends)
+        service_entry_at(host, backends)
     )
 }

@@ -431,3 +431,55 @@ fn with_every_replica_down_proxies_keep_routing_and_a_restarted_one_serves_its_s
     );
     Ok(())
 }
+
+#[test]
+fn trellisctl_forms_and_grows_the_group_and_any_replica_takes_writes() -> Result<()> {
+    let _serial = serial();
+    let cp = ControlPlane::start_unformed(3)?;
+    let addr = |id: u64| cp.replicas[(id - 1) as usize].raft.to_string();
+    let (ok, out, err) = cp.ctl_on(1, &["cluster", "init"])?;
+    assert!(ok, "init: {out}{err}");
+    assert_eq!(
+        cp.wait_leader(Duration::from_secs(5)),
+        Some(1),
+        "{}",
+        cp.logs()
+    );
+    for id in [2u64, 3] {
+        let (ok, out, err) =
+            cp.ctl_on(1, &["cluster", "add-learner", &id.to_string(), &addr(id)])?;
+        assert!(ok, "add-learner {id}: {out}{err}");
+    }
+    let (ok, out, err) = cp.ctl_on(1, &["cluster", "change-membership", "1", "2", "3"])?;
+    assert!(ok, "change-membership: {out}{err}");
+    let status = cp.status(3)?;
+    assert_eq!(
+        status["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{status:#}"
+    );
+    assert_eq!(status["leaderId"], 1, "{status:#}");
+
+    // Writes through a follower are forwarded to the leader and return
+    // once committed: the next read sees them.
+    let dir = TempDir::new("cluster-writes")?;
+    let file = dir.path().join("se.yaml");
+    std::fs::write(&file, service_entry("via-follower"))?;
+    let file = file.display().to_string();
+    let (ok, out, err) = cp.ctl_on(3, &["apply", "-f", &file])?;
+    assert!(ok, "apply: {out}{err}");
+    let (_, out, _) = cp.ctl_on(2, &["get", "ServiceEntry", "-n", "durability"])?;
+    assert!(
+        out.contains("via-follower") && out.contains("1 resource(s)"),
+        "{out}"
+    );
+    let (ok, out, err) = cp.ctl_on(
+        2,
+        &["delete", "ServiceEntry/via-follower", "-n", "durability"],
+    )?;
+    assert!(ok && out.contains("deleted"), "delete: {out}{err}");
+    let (_, out, _) = cp.ctl_on(3, &["get", "ServiceEntry", "-n", "durability"])?;
+    assert!(out.contains("0 resource(s)"), "{out}");
+    converged(&cp, Duration::from_secs(5))?;
+    Ok(())
+}

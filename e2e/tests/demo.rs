@@ -51,7 +51,7 @@ fn the_demo_walks_through_and_stops_everything() -> Result<()> {
     assert!(first.0 > 75.0 && first.1 > 0.0, "90/10 at first:\n{stdout}");
     let last = rows[rows.len() - 1];
     assert_eq!(last.1, 100.0, "all to v2 at the end:\n{stdout}");
-    for port in [19181, 19182] {
+    for port in [19181, 19182, 19191, 19192] {
         assert!(
             TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "a backend still holds port {port}"

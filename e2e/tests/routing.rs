@@ -239,6 +239,49 @@ async fn http2_client_works_through_the_proxy() -> Result<()> {
     Ok(())
 }
 
+/// Sidecar to sidecar: the client's proxy sends to the server's inbound
+/// listener, which hands the request to its local application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_crosses_two_sidecars_to_the_app() -> Result<()> {
+    let app = Echo::start("reviews", "v1")?;
+    let inbound = trellis_e2e::harness::free_addr();
+    let (inbound_arg, app_arg) = (inbound.to_string(), app.addr.to_string());
+    let server_side = Proxy::start_with(
+        "",
+        &[
+            "--inbound-addr",
+            &inbound_arg,
+            "--inbound-forward",
+            &app_arg,
+        ],
+    )?;
+    // The client's sidecar has the server sidecar's inbound port as the endpoint.
+    let rules = trellis_e2e::rules::service_at("reviews", &[("v1", inbound.port())], "");
+    let client_side = Proxy::start(&rules)?;
+    let client = client::http1();
+    for _ in 0..10 {
+        let r = get(
+            &client,
+            client_side.outbound,
+            "reviews",
+            "/through?x=2",
+            &[],
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let json = r.json()?;
+        assert_eq!(json["version"], "v1");
+        assert_eq!(json["path"], "/through");
+        assert_eq!(json["headers"]["host"], "reviews");
+    }
+    let inbound_ok = server_side.metric_sum(
+        "trellis_requests_total",
+        &["direction=\"inbound\"", "response_code=\"200\""],
+    )?;
+    assert_eq!(inbound_ok, 10.0);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mib_bodies_pass_intact_both_ways() -> Result<()> {
     const SIZE: usize = 10 * 1024 * 1024;

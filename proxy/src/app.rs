@@ -13,6 +13,7 @@ use crate::config::{Config, DiscoveryConfig};
 use crate::discovery::remote::Remote;
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::{ConfigStore, Env};
+use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::forward::Forward;
 use crate::outbound::Outbound;
@@ -23,6 +24,7 @@ use crate::transport::listen::{serve, service_with};
 pub struct App {
     config: Config,
     outbound: TcpListener,
+    inbound: Option<TcpListener>,
     admin: TcpListener,
 }
 
@@ -40,9 +42,14 @@ impl App {
     pub async fn build(config: Config) -> std::io::Result<Self> {
         let outbound = bind(config.outbound.addr, "outbound").await?;
         let admin = bind(config.admin.addr, "admin").await?;
+        let inbound = match &config.inbound {
+            Some(inbound) => Some(bind(inbound.addr, "inbound").await?),
+            None => None,
+        };
         Ok(Self {
             config,
             outbound,
+            inbound,
             admin,
         })
     }
@@ -95,6 +102,17 @@ impl App {
             rx.clone(),
             drain,
         ));
+        if let (Some(listener), Some(inbound)) = (self.inbound, &self.config.inbound) {
+            let handler = Arc::new(Inbound::new(
+                inbound.forward,
+                self.config.outbound.connect_timeout,
+                &self.config.node.service,
+                metrics.clone(),
+            ));
+            let service = service_with(handler, |i, req| async move { i.handle(req).await });
+            tracing::info!(addr = %inbound.addr, forward = %inbound.forward, "inbound listener started");
+            tasks.spawn(serve("inbound", listener, service, rx.clone(), drain));
+        }
         let admin = Arc::new(Admin { store, metrics });
         let admin = service_with(admin, |a, req| async move { a.handle(&req) });
         tasks.spawn(serve("admin", self.admin, admin, rx, drain));

@@ -26,6 +26,14 @@ pub struct Args {
     /// Where the outbound listener accepts the application's requests.
     #[arg(long, env = "TRELLIS_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
     pub outbound_addr: SocketAddr,
+    /// Where the inbound listener accepts other sidecars' requests (with
+    /// --inbound-forward).
+    #[arg(long, env = "TRELLIS_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+    /// The local application, for inbound requests when no iptables
+    /// redirect is in place; the inbound listener runs only with it.
+    #[arg(long, env = "TRELLIS_INBOUND_FORWARD")]
+    pub inbound_forward: Option<SocketAddr>,
     /// Admin endpoint: /live /ready /metrics /config_dump.
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -73,6 +81,7 @@ pub enum ConfigError {
 pub struct Config {
     pub node: NodeConfig,
     pub outbound: OutboundConfig,
+    pub inbound: Option<InboundConfig>,
     pub admin: AdminConfig,
     pub discovery: DiscoveryConfig,
     /// Time allowed for in-flight requests after a shutdown signal.
@@ -99,6 +108,13 @@ pub struct OutboundConfig {
     pub addr: SocketAddr,
     /// Upper bound on establishing a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+}
+
+/// The inbound listener and the application behind it.
+#[derive(Clone, Debug)]
+pub struct InboundConfig {
+    pub addr: SocketAddr,
+    pub forward: SocketAddr,
 }
 
 /// The admin listener.
@@ -159,6 +175,10 @@ impl Config {
                 addr: args.outbound_addr,
                 connect_timeout: args.connect_timeout,
             },
+            inbound: args.inbound_forward.map(|forward| InboundConfig {
+                addr: args.inbound_addr,
+                forward,
+            }),
             admin: AdminConfig {
                 addr: args.admin_addr,
             },

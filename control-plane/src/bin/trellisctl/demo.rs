@@ -1,6 +1,6 @@
 //! `trellisctl demo`: a whole mesh on this machine. Three control-plane
-//! replicas (one Raft group), `reviews` v1 and v2 (echo backends) with
-//! their sidecars, and a client sidecar; applies `examples/demo/`, sends
+//! replicas (one Raft group), `reviews` v1 and v2 (echo backends) each
+//! behind its sidecar's inbound listener, and a client sidecar; applies `examples/demo/`, sends
 //! traffic through the client sidecar and prints a live table while it
 //! walks through a weight change, a leader kill and a full cut-over.
 //! Ctrl-C (or the end of `--once`) stops every process it started.
@@ -31,9 +31,12 @@ pub struct DemoArgs {
     once: bool,
 }
 
-/// The echo ports `examples/demo/` names.
+/// The backends' ports, and their sidecars' inbound ports (which
+/// `examples/demo/` names as the endpoints).
 const V1_PORT: u16 = 19181;
 const V2_PORT: u16 = 19182;
+const V1_INBOUND: u16 = 19191;
+const V2_INBOUND: u16 = 19192;
 
 /// A child process, killed when dropped.
 struct Proc {
@@ -230,6 +233,10 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     );
     println!("  logs and data in {}", env.dir.display());
     let mut _backends = Vec::new();
+    for port in [V1_INBOUND, V2_INBOUND] {
+        TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("port {port} (a reviews sidecar) is taken"))?;
+    }
     for (version, port) in [("v1", V1_PORT), ("v2", V2_PORT)] {
         TcpListener::bind(("127.0.0.1", port))
             .with_context(|| format!("port {port} (reviews {version}) is taken"))?;
@@ -286,17 +293,27 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     let client_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let client_admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut _sidecars = Vec::new();
-    for (name, labels, order) in [
-        ("client", "app=client", [0, 1, 2]),
-        ("reviews-v1", "app=reviews,version=v1", [1, 2, 0]),
-        ("reviews-v2", "app=reviews,version=v2", [2, 0, 1]),
+    for (name, labels, order, inbound) in [
+        ("client", "app=client", [0, 1, 2], None),
+        (
+            "reviews-v1",
+            "app=reviews,version=v1",
+            [1, 2, 0],
+            Some((V1_INBOUND, V1_PORT)),
+        ),
+        (
+            "reviews-v2",
+            "app=reviews,version=v2",
+            [2, 0, 1],
+            Some((V2_INBOUND, V2_PORT)),
+        ),
     ] {
         let outbound = if name == "client" {
             client_addr
         } else {
             SocketAddr::from(([127, 0, 0, 1], free_port()?))
         };
-        let args = [
+        let mut args = vec![
             "--control-plane".to_string(),
             order.map(|i| urls[i].as_str()).join(","),
             "--node-id".into(),
@@ -320,6 +337,14 @@ async fn demo(args: &DemoArgs) -> Result<()> {
                 format!("127.0.0.1:{}", free_port()?)
             },
         ];
+        if let Some((inbound, app)) = inbound {
+            args.extend([
+                "--inbound-addr".to_string(),
+                format!("127.0.0.1:{inbound}"),
+                "--inbound-forward".into(),
+                format!("127.0.0.1:{app}"),
+            ]);
+        }
         _sidecars.push(
             demo.env
                 .spawn("trellis-proxy", &format!("{name}.log"), &args)?,
@@ -335,7 +360,8 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("  client    sidecar outbound {client_addr} (curl -H 'Host: reviews' http://{client_addr}/)");
+    println!("  path      client -> client sidecar {client_addr} -> reviews sidecar inbound :{V1_INBOUND}/:{V2_INBOUND} -> reviews v1/v2 :{V1_PORT}/:{V2_PORT}");
+    println!("  try       curl -H 'Host: reviews' http://{client_addr}/");
     println!();
 
     let window = Arc::new(Mutex::new(Window::default()));
