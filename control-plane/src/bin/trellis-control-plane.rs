@@ -46,10 +46,10 @@ struct Args {
     #[arg(long, env = "TRELLIS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<(u64, String)>,
     /// Leader heartbeat interval.
-    #[arg(long, env = "TRELLIS_HEARTBEAT", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "TRELLIS_HEARTBEAT", default_value = "50ms", value_parser = parse_duration)]
     heartbeat: Duration,
     /// Minimum election timeout (the maximum is twice it).
-    #[arg(long, env = "TRELLIS_ELECTION_TIMEOUT", default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, env = "TRELLIS_ELECTION_TIMEOUT", default_value = "150ms", value_parser = parse_duration)]
     election_timeout: Duration,
     /// Build a snapshot after this many log entries.
     #[arg(long, env = "TRELLIS_SNAPSHOT_AFTER", default_value_t = 500)]
