@@ -247,6 +247,20 @@ impl api::mesh_control_server::MeshControl for Control {
         }))
     }
 
+    async fn trust_bundle(
+        &self,
+        _request: Request<api::TrustBundleRequest>,
+    ) -> Result<Response<api::TrustBundleReply>, Status> {
+        let reply = self.replica.sm.read(|a| match a.state.ca() {
+            Some(ca) => api::TrustBundleReply {
+                trust_domain: ca.trust_domain.clone(),
+                pem: ca.cert_pem.clone(),
+            },
+            None => api::TrustBundleReply::default(),
+        });
+        Ok(Response::new(reply))
+    }
+
     async fn proxy_status(
         &self,
         request: Request<api::ProxyStatusRequest>,

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ca;
 pub mod control;
 pub mod grpc;
 pub mod metrics;

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// Entries kept in the log behind a snapshot (a peer further behind
     /// catches up through the snapshot).
     pub keep_logs: u64,
+    /// The mesh's root CA: trust domain, and files to use instead of a
+    /// generated root.
+    pub ca: crate::ca::CaSource,
 }
 
 /// Why a replica did not start.
@@ -171,6 +174,11 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
     tasks.spawn(crate::admin::serve(
         admin_listener,
         replica.clone(),
+        rx.clone(),
+    ));
+    tasks.spawn(crate::ca::run(
+        replica.clone(),
+        config.ca.clone(),
         rx.clone(),
     ));
     if let Some(dir) = &config.watch_dir {

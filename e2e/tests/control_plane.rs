@@ -483,3 +483,48 @@ fn trellisctl_forms_and_grows_the_group_and_any_replica_takes_writes() -> Result
     converged(&cp, Duration::from_secs(5))?;
     Ok(())
 }
+
+#[test]
+fn the_root_ca_is_replicated_and_survives_a_leader_change() -> Result<()> {
+    let _serial = serial();
+    let mut cp = ControlPlane::start(3, &[])?;
+    let bundle = |cp: &ControlPlane, id: u64| -> Option<String> {
+        cp.ctl_on(id, &["--timeout", "1s", "trust-bundle"])
+            .ok()
+            .and_then(|(ok, out, _)| ok.then_some(out))
+    };
+    let mut root = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            root = bundle(&cp, 1);
+            root.is_some()
+        }),
+        "no root CA:\n{}",
+        cp.logs()
+    );
+    let root = root.unwrap_or_default();
+    assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
+    assert!(
+        !root.contains("PRIVATE KEY"),
+        "the key must not leave the replicas"
+    );
+    for id in 2..=3 {
+        assert!(
+            wait_until(Duration::from_secs(5), || bundle(&cp, id).as_ref()
+                == Some(&root)),
+            "replica {id} has another root"
+        );
+    }
+    let leader = cp.leader().expect("a leader");
+    cp.kill(leader);
+    assert!(cp.wait_leader(Duration::from_secs(5)).is_some());
+    std::thread::sleep(Duration::from_secs(1)); // the new leader's CA check has run
+    for id in (1..=3).filter(|id| *id != leader) {
+        assert_eq!(
+            bundle(&cp, id).as_ref(),
+            Some(&root),
+            "replica {id} after the leader change"
+        );
+    }
+    Ok(())
+}

@@ -54,6 +54,15 @@ struct Args {
     /// Build a snapshot after this many log entries.
     #[arg(long, env = "TRELLIS_SNAPSHOT_AFTER", default_value_t = 500)]
     snapshot_after: u64,
+    /// SPIFFE trust domain of the mesh's identities.
+    #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Root CA certificate (PEM) to use instead of a generated one; with --ca-key.
+    #[arg(long, env = "TRELLIS_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Root CA private key (PEM); with --ca-cert.
+    #[arg(long, env = "TRELLIS_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
     /// Log entries kept behind a snapshot for lagging peers.
     #[arg(long, env = "TRELLIS_KEEP_LOGS", default_value_t = 200)]
     keep_logs: u64,
@@ -101,6 +110,10 @@ fn main() -> ExitCode {
         election_timeout: args.election_timeout,
         snapshot_after: args.snapshot_after,
         keep_logs: args.keep_logs,
+        ca: trellis_control_plane::ca::CaSource {
+            trust_domain: args.trust_domain,
+            files: args.ca_cert.zip(args.ca_key),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -41,6 +41,8 @@ pub enum MeshCommand {
     Delete { key: ResourceKey },
     /// Several changes applied together, as one config version.
     Batch(Vec<MeshCommand>),
+    /// Sets the mesh's root CA (replacing any).
+    SetCa { ca: crate::ca::CaRecord },
 }
 
 /// What applying a command did.
@@ -62,6 +64,7 @@ pub struct Record {
 #[serde(from = "Stored", into = "Stored")]
 pub struct MeshState {
     resources: BTreeMap<ResourceKey, Record>,
+    ca: Option<crate::ca::CaRecord>,
 }
 
 /// [`MeshState`] as serialized (snapshots): JSON object keys must be
@@ -69,12 +72,15 @@ pub struct MeshState {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     resources: Vec<(ResourceKey, Record)>,
+    #[serde(default)]
+    ca: Option<crate::ca::CaRecord>,
 }
 
 impl From<Stored> for MeshState {
     fn from(s: Stored) -> Self {
         Self {
             resources: s.resources.into_iter().collect(),
+            ca: s.ca,
         }
     }
 }
@@ -83,6 +89,7 @@ impl From<MeshState> for Stored {
     fn from(s: MeshState) -> Self {
         Self {
             resources: s.resources.into_iter().collect(),
+            ca: s.ca,
         }
     }
 }
@@ -105,6 +112,11 @@ impl MeshState {
                 }
             }
             MeshCommand::Delete { key } => self.resources.remove(&key).is_some(),
+            MeshCommand::SetCa { ca } => {
+                let changed = self.ca.as_ref() != Some(&ca);
+                self.ca = Some(ca);
+                changed
+            }
             MeshCommand::Batch(commands) => {
                 // Every command applies; no short circuit.
                 let mut changed = false;
@@ -126,6 +138,11 @@ impl MeshState {
         self.resources.iter()
     }
 
+    /// The root CA, once the leader has stored one.
+    pub fn ca(&self) -> Option<&crate::ca::CaRecord> {
+        self.ca.as_ref()
+    }
+
     pub fn len(&self) -> usize {
         self.resources.len()
     }
@@ -145,6 +162,16 @@ impl MeshState {
                 key.as_bytes(),
                 document.as_bytes(),
                 record.source.as_bytes(),
+            ] {
+                ctx.update(&(part.len() as u64).to_be_bytes());
+                ctx.update(part);
+            }
+        }
+        if let Some(ca) = &self.ca {
+            for part in [
+                ca.trust_domain.as_bytes(),
+                ca.cert_pem.as_bytes(),
+                ca.key_pem.as_bytes(),
             ] {
                 ctx.update(&(part.len() as u64).to_be_bytes());
                 ctx.update(part);

@@ -35,6 +35,8 @@ enum Command {
     },
     /// Every proxy: the replica it streams from, its version, ACK or NACK.
     ProxyStatus(remote::ProxyStatusArgs),
+    /// Print the mesh's root certificate (PEM), as the replica at --server has it.
+    TrustBundle,
     /// A whole mesh on this machine: 3 replicas, sidecars, backends, live traffic.
     Demo(demo::DemoArgs),
 }
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
             Command::Cluster { command } => remote::cluster(server, command).await,
             Command::ProxyStatus(args) => remote::proxy_status(server, args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::TrustBundle => remote::trust_bundle(server).await,
         }
     })
 }

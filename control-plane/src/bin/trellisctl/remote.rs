@@ -463,3 +463,22 @@ pub async fn proxy_status(server: &Server, args: &ProxyStatusArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// `trust-bundle`: the root certificate, PEM, on stdout.
+pub async fn trust_bundle(server: &Server) -> ExitCode {
+    let reply = server
+        .call(|mut c| async move { c.trust_bundle(api::TrustBundleRequest {}).await })
+        .await;
+    match reply {
+        Ok(r) if r.pem.is_empty() => {
+            eprintln!("error: no root CA yet (the group has no leader, or it has not stored one)");
+            ExitCode::FAILURE
+        }
+        Ok(r) => {
+            eprintln!("trust domain: {}", r.trust_domain);
+            print!("{}", r.pem);
+            ExitCode::SUCCESS
+        }
+        Err(s) => fail(&s),
+    }
+}

@@ -1,0 +1,146 @@
+//! The mesh's certificate authority: a root certificate and key kept in the
+//! replicated state, so every replica can sign and a new leader keeps the
+//! same root. The first leader generates it (rcgen) unless `--ca-cert` and
+//! `--ca-key` name files to use instead (as Helm mounts a Secret).
+//! `trellisctl trust-bundle` prints the root certificate.
+//!
+//! Signing proxies' CSRs comes next (issue: identity and mTLS).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::replica::{Replica, WriteError};
+use crate::state::MeshCommand;
+
+/// The root of trust as stored in the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub trust_domain: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A new self-signed root for `trust_domain`, valid ten years.
+pub fn generate_root(trust_domain: &str) -> Result<CaRecord, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Trellis root CA ({trust_domain})"),
+    );
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Trellis");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let year = current_year();
+    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CaRecord {
+        trust_domain: trust_domain.to_string(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn current_year() -> i32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
+}
+
+/// A root given as files: the key must parse and the certificate must be PEM.
+pub fn load_root(cert: &PathBuf, key: &PathBuf, trust_domain: &str) -> Result<CaRecord, String> {
+    let cert_pem =
+        std::fs::read_to_string(cert).map_err(|e| format!("--ca-cert {}: {e}", cert.display()))?;
+    let key_pem =
+        std::fs::read_to_string(key).map_err(|e| format!("--ca-key {}: {e}", key.display()))?;
+    if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "--ca-cert {}: not a PEM certificate",
+            cert.display()
+        ));
+    }
+    KeyPair::from_pem(&key_pem).map_err(|e| format!("--ca-key {}: {e}", key.display()))?;
+    Ok(CaRecord {
+        trust_domain: trust_domain.to_string(),
+        cert_pem,
+        key_pem,
+    })
+}
+
+/// Where the root comes from.
+#[derive(Clone, Debug)]
+pub struct CaSource {
+    pub trust_domain: String,
+    /// `--ca-cert` and `--ca-key`; generated when absent.
+    pub files: Option<(PathBuf, PathBuf)>,
+}
+
+/// On the leader: makes sure the state holds the root (the files' when
+/// given, else a generated one). Runs until `shutdown`.
+pub async fn run(replica: Arc<Replica>, source: CaSource, mut shutdown: watch::Receiver<bool>) {
+    let from_files = match &source.files {
+        Some((cert, key)) => match load_root(cert, key, &source.trust_domain) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::error!("{e}; the CA is not set from files");
+                None
+            }
+        },
+        None => None,
+    };
+    loop {
+        if replica.is_leader() && replica.linearize().await.is_ok() {
+            let current = replica.sm.read(|a| a.state.ca().cloned());
+            let wanted = match (&from_files, current) {
+                (Some(files), Some(current)) if *files == current => None,
+                (Some(files), _) => Some(files.clone()),
+                (None, Some(_)) => None,
+                (None, None) => match generate_root(&source.trust_domain) {
+                    Ok(record) => Some(record),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot generate the root CA");
+                        None
+                    }
+                },
+            };
+            if let Some(ca) = wanted {
+                match replica.propose(MeshCommand::SetCa { ca }).await {
+                    Ok((index, _)) => {
+                        tracing::info!(index, "root CA stored in the replicated state")
+                    }
+                    Err(WriteError::Invalid(e)) => tracing::error!(errors = ?e, "root CA refused"),
+                    Err(WriteError::Unavailable(e)) => {
+                        tracing::debug!(error = %e, "root CA not stored yet")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_root_is_a_ca_with_a_usable_key() {
+        let root = generate_root("cluster.local").expect("generates");
+        assert!(root.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(KeyPair::from_pem(&root.key_pem).is_ok());
+        let other = generate_root("cluster.local").expect("generates");
+        assert_ne!(root.key_pem, other.key_pem, "a fresh key each time");
+    }
+}
