@@ -228,10 +228,8 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let env = Env { bin_dir, dir };
 
-    println!(
-        "Trellis demo: 3 control-plane replicas, reviews v1/v2 with sidecars, a client sidecar"
-    );
-    println!("  logs and data in {}", env.dir.display());
+    out!("Trellis demo: 3 control-plane replicas, reviews v1/v2 with sidecars, a client sidecar");
+    out!("  logs and data in {}", env.dir.display());
     let mut _backends = Vec::new();
     for port in [V1_INBOUND, V2_INBOUND] {
         TcpListener::bind(("127.0.0.1", port))
@@ -276,7 +274,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     }
     let version = demo.write(rules.clone()).await?;
     let (leader, _) = demo.leader().await.context("no leader")?;
-    println!(
+    out!(
         "  replicas  {} (leader: node {leader})",
         demo.replicas
             .iter()
@@ -284,7 +282,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
+    out!(
         "  applied   {} at config version {version}",
         args.rules.display()
     );
@@ -360,9 +358,9 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("  path      client -> client sidecar {client_addr} -> reviews sidecar inbound :{V1_INBOUND}/:{V2_INBOUND} -> reviews v1/v2 :{V1_PORT}/:{V2_PORT}");
-    println!("  try       curl -H 'Host: reviews' http://{client_addr}/");
-    println!();
+    out!("  path      client -> client sidecar {client_addr} -> reviews sidecar inbound :{V1_INBOUND}/:{V2_INBOUND} -> reviews v1/v2 :{V1_PORT}/:{V2_PORT}");
+    out!("  try       curl -H 'Host: reviews' http://{client_addr}/");
+    out!();
 
     let window = Arc::new(Mutex::new(Window::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -407,9 +405,15 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let started = Instant::now();
-    println!(
+    out!(
         "  {:>5}  {:>7}  {:>7}  {:>8}  {:>7}  {:>6}  {:>7}",
-        "time", "v1", "v2", "success", "version", "leader", "proxies"
+        "time",
+        "v1",
+        "v2",
+        "success",
+        "version",
+        "leader",
+        "proxies"
     );
     let mut steps: Vec<&str> = vec!["weights", "kill", "restart", "cutover"];
     let mut killed: Option<usize> = None;
@@ -417,7 +421,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = &mut ctrl_c => { println!("\nCtrl-C: stopping everything"); break; }
+            _ = &mut ctrl_c => { out!("\nCtrl-C: stopping everything"); break; }
         }
         let w = window
             .lock()
@@ -429,7 +433,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             None => ("-".to_string(), "-".to_string()),
         };
         let acked = proxies_acked(&demo).await;
-        println!(
+        out!(
             "  {:>4}s  {:>6.1}%  {:>6.1}%  {:>7.1}%  {:>7}  {:>6}  {:>7}",
             started.elapsed().as_secs(),
             w.v1 as f64 * 100.0 / total,
@@ -446,7 +450,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         match steps.first().copied() {
             Some("weights") => {
                 let v = demo.write(weights(50, 50)).await?;
-                println!("  -> trellisctl apply: reviews 50% v1 / 50% v2 (config version {v})");
+                out!("  -> trellisctl apply: reviews 50% v1 / 50% v2 (config version {v})");
             }
             Some("kill") => {
                 if let Some(i) = demo
@@ -456,22 +460,22 @@ async fn demo(args: &DemoArgs) -> Result<()> {
                 {
                     demo.replicas[i].process = None;
                     killed = Some(i);
-                    println!("  -> SIGKILL the leader, node {leader}: the others elect a new one; traffic flows on");
+                    out!("  -> SIGKILL the leader, node {leader}: the others elect a new one; traffic flows on");
                 }
             }
             Some("restart") => {
                 if let Some(i) = killed.take() {
                     demo.start_replica(i)?;
-                    println!("  -> node {} restarts and catches up", demo.replicas[i].id);
+                    out!("  -> node {} restarts and catches up", demo.replicas[i].id);
                 }
             }
             Some("cutover") => {
                 let v = demo.write(weights(0, 100)).await?;
-                println!("  -> trellisctl apply: reviews 100% v2 (config version {v})");
+                out!("  -> trellisctl apply: reviews 100% v2 (config version {v})");
             }
             _ if args.once => break,
             _ => {
-                println!("  (walkthrough done; Ctrl-C stops everything)");
+                out!("  (walkthrough done; Ctrl-C stops everything)");
                 next_step = Instant::now() + Duration::from_secs(u64::MAX / 4);
             }
         }
@@ -486,7 +490,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(
         std::env::temp_dir().join(format!("trellis-demo-{}", std::process::id())),
     );
-    println!("stopped: every process the demo started has exited");
+    out!("stopped: every process the demo started has exited");
     Ok(())
 }
 

@@ -1,6 +1,17 @@
 //! `trellisctl`: the Trellis command line. `validate` works offline; the
 //! other commands talk to any control-plane replica (`--server`).
 
+/// `println!` that ends the process quietly when stdout is gone
+/// (`trellisctl get | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod demo;
 mod remote;
 mod validate;

@@ -112,7 +112,7 @@ pub async fn apply(server: &Server, args: &ApplyArgs) -> ExitCode {
             } else {
                 "unchanged"
             };
-            println!("{count} resource(s) {what}; config version {}", reply.index);
+            out!("{count} resource(s) {what}; config version {}", reply.index);
             ExitCode::SUCCESS
         }
         Err(s) => fail(&s),
@@ -127,7 +127,7 @@ pub fn changes_of(files: &[PathBuf], apply: bool) -> Result<Vec<api::Change>, Ex
     })?;
     let rules = trellis_crds::load_and_validate(&files).map_err(|errors| {
         for e in errors.iter() {
-            println!("{e}");
+            out!("{e}");
         }
         eprintln!("{} error(s); nothing applied", errors.len());
         ExitCode::FAILURE
@@ -205,11 +205,11 @@ pub async fn delete(server: &Server, args: &DeleteArgs) -> ExitCode {
         .await
     {
         Ok(reply) if reply.changed => {
-            println!("deleted; config version {}", reply.index);
+            out!("deleted; config version {}", reply.index);
             ExitCode::SUCCESS
         }
         Ok(_) => {
-            println!("nothing to delete");
+            out!("nothing to delete");
             ExitCode::SUCCESS
         }
         Err(s) => fail(&s),
@@ -254,18 +254,21 @@ pub async fn get(server: &Server, args: &GetArgs) -> ExitCode {
         let out = serde_json::json!({
             "version": reply.version, "stateHash": reply.state_hash, "items": docs,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    println!("{:<18} {:<14} {:<28} SOURCE", "KIND", "NAMESPACE", "NAME");
+    out!("{:<18} {:<14} {:<28} SOURCE", "KIND", "NAMESPACE", "NAME");
     for r in &reply.resources {
         let key = r.resource.clone().unwrap_or_default();
-        println!(
+        out!(
             "{:<18} {:<14} {:<28} {}",
-            key.kind, key.namespace, key.name, r.source
+            key.kind,
+            key.namespace,
+            key.name,
+            r.source
         );
     }
-    println!(
+    out!(
         "{} resource(s); config version {}; state {}",
         reply.resources.len(),
         reply.version,
@@ -365,7 +368,7 @@ pub async fn cluster(server: &Server, command: &ClusterCommand) -> ExitCode {
     };
     match reply {
         Ok(r) => {
-            println!("{}", r.message);
+            out!("{}", r.message);
             ExitCode::SUCCESS
         }
         Err(s) => fail(&s),
@@ -386,23 +389,27 @@ fn print_status(s: &api::StatusReply, json: bool) {
             "voters": members(&s.voters), "learners": members(&s.learners),
             "connectedProxies": s.connected_proxies,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;
     }
-    println!("node:           {} ({})", s.node_id, s.role);
-    println!("term:           {}", s.term);
-    println!("leader:         {} {}", s.leader_id, s.leader_addr);
-    println!(
+    out!("node:           {} ({})", s.node_id, s.role);
+    out!("term:           {}", s.term);
+    out!("leader:         {} {}", s.leader_id, s.leader_addr);
+    out!(
         "log:            last {} applied {} snapshot {}",
-        s.last_log_index, s.last_applied, s.snapshot_index
+        s.last_log_index,
+        s.last_applied,
+        s.snapshot_index
     );
-    println!(
+    out!(
         "config:         version {}, {} resource(s), state {}",
-        s.config_version, s.resources, s.state_hash
+        s.config_version,
+        s.resources,
+        s.state_hash
     );
-    println!("voters:         {}", members(&s.voters).join(", "));
-    println!("learners:       {}", members(&s.learners).join(", "));
-    println!("proxies:        {}", s.connected_proxies);
+    out!("voters:         {}", members(&s.voters).join(", "));
+    out!("learners:       {}", members(&s.learners).join(", "));
+    out!("proxies:        {}", s.connected_proxies);
 }
 
 #[derive(clap::Args, Debug)]
@@ -439,15 +446,20 @@ pub async fn proxy_status(server: &Server, args: &ProxyStatusArgs) -> ExitCode {
             })
             .collect();
         let out = serde_json::json!({ "proxies": proxies, "unreachable": reply.unreachable });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    println!(
+    out!(
         "{:<24} {:<12} {:<8} {:<8} {:<8} {:<8} ERROR",
-        "PROXY", "NAMESPACE", "REPLICA", "VERSION", "STATUS", "AGE"
+        "PROXY",
+        "NAMESPACE",
+        "REPLICA",
+        "VERSION",
+        "STATUS",
+        "AGE"
     );
     for p in &reply.proxies {
-        println!(
+        out!(
             "{:<24} {:<12} {:<8} {:<8} {:<8} {:<8} {}",
             p.proxy,
             p.namespace,

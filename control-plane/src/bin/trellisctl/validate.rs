@@ -21,7 +21,7 @@ pub fn run(args: &Args) -> ExitCode {
     };
     match trellis_crds::load_and_validate(&files) {
         Ok(rules) => {
-            println!(
+            out!(
                 "{} valid: {} VirtualService, {} DestinationRule, {} ServiceEntry",
                 files.len(),
                 rules.virtual_services.len(),
@@ -29,13 +29,13 @@ pub fn run(args: &Args) -> ExitCode {
                 rules.service_entries.len()
             );
             for skipped in &rules.skipped {
-                println!("skipped (not a mesh rule): {skipped}");
+                out!("skipped (not a mesh rule): {skipped}");
             }
             ExitCode::SUCCESS
         }
         Err(errors) => {
             for e in errors.iter() {
-                println!("{e}");
+                out!("{e}");
             }
             eprintln!("{} error(s)", errors.len());
             ExitCode::FAILURE
