@@ -67,13 +67,6 @@ field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
     echo '```'
     echo "<!-- bench/control_plane.sh: end -->"
 } > "$WORK/section.md"
-if [ -f "$OUT" ] && grep -q 'bench/control_plane.sh: begin' "$OUT"; then
-    awk -v section="$WORK/section.md" '
-        /bench\/control_plane.sh: begin/ { while ((getline line < section) > 0) print line; skip = 1; next }
-        /bench\/control_plane.sh: end/ { skip = 0; next }
-        !skip { print }' "$OUT" > "$WORK/out.md"
-    mv "$WORK/out.md" "$OUT"
-else
-    { echo; cat "$WORK/section.md"; } >> "$OUT"
-fi
+. bench/section.sh
+put_section bench/control_plane.sh "$WORK/section.md" "$OUT"
 cat "$WORK/section.md"

@@ -222,13 +222,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "proxy process, from /proc, during a paced run) / requests completed in it; median of three runs."
     echo "<!-- bench/run.sh: end -->"
 } > "$WORK/section.md"
-if [ -f "$OUT" ] && grep -q 'bench/run.sh: begin' "$OUT"; then
-    awk -v section="$WORK/section.md" '
-        /bench\/run.sh: begin/ { while ((getline line < section) > 0) print line; skip = 1; next }
-        /bench\/run.sh: end/ { skip = 0; next }
-        !skip { print }' "$OUT" > "$WORK/out.md"
-    mv "$WORK/out.md" "$OUT"
-else
-    { echo "# Benchmarks"; echo; cat "$WORK/section.md"; } > "$OUT"
-fi
+. bench/section.sh
+put_section bench/run.sh "$WORK/section.md" "$OUT"
 cat "$WORK/section.md"

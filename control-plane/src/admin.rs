@@ -69,21 +69,8 @@ fn handle<B>(replica: &Replica, req: &Request<B>) -> Response<Full<Bytes>> {
             )
         }
         "/proxy-status" => {
-            let records: Vec<serde_json::Value> = replica
-                .registry
-                .records()
-                .into_iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "proxy": r.proxy, "namespace": r.namespace, "service": r.service,
-                        "replica": r.replica, "pushed_version": r.pushed_version,
-                        "acked_version": r.acked_version, "status": r.status,
-                        "last_error": r.last_error, "config_hash": r.config_hash,
-                        "age_ms": r.age_ms,
-                    })
-                })
-                .collect();
-            let text = serde_json::to_string_pretty(&records).unwrap_or_default();
+            let text =
+                serde_json::to_string_pretty(&replica.registry.to_json()).unwrap_or_default();
             reply(StatusCode::OK, "application/json", text)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

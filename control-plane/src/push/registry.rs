@@ -108,6 +108,11 @@ impl Registry {
         });
     }
 
+    /// Every connected proxy as JSON (the admin `/proxy-status`).
+    pub fn to_json(&self) -> serde_json::Value {
+        self.records().iter().map(record_json).collect()
+    }
+
     /// Every connected proxy, sorted by id.
     pub fn records(&self) -> Vec<api::ProxyRecord> {
         let mut records: Vec<api::ProxyRecord> = self.with(|p| {
@@ -130,4 +135,15 @@ impl Registry {
         records.sort_by(|a, b| a.proxy.cmp(&b.proxy));
         records
     }
+}
+
+/// One proxy's row as JSON: what `trellisctl proxy-status -o json` and the
+/// admin `/proxy-status` print.
+pub fn record_json(r: &api::ProxyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "proxy": r.proxy, "namespace": r.namespace, "service": r.service,
+        "replica": r.replica, "version": r.acked_version,
+        "pushedVersion": r.pushed_version, "status": r.status,
+        "lastError": r.last_error, "configHash": r.config_hash, "ageMs": r.age_ms,
+    })
 }

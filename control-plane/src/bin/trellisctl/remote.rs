@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use trellis_api as api;
 use trellis_api::mesh_control_client::MeshControlClient;
+use trellis_control_plane::push::registry::record_json;
 use trellis_control_plane::raft::network::channel;
 use trellis_control_plane::state::resources::documents;
 
@@ -433,18 +434,7 @@ pub async fn proxy_status(server: &Server, args: &ProxyStatusArgs) -> ExitCode {
         Err(s) => return fail(&s),
     };
     if args.output == "json" {
-        let proxies: Vec<serde_json::Value> = reply
-            .proxies
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "proxy": p.proxy, "namespace": p.namespace, "service": p.service,
-                    "replica": p.replica, "version": p.acked_version,
-                    "pushedVersion": p.pushed_version, "status": p.status,
-                    "lastError": p.last_error, "configHash": p.config_hash, "ageMs": p.age_ms,
-                })
-            })
-            .collect();
+        let proxies: Vec<serde_json::Value> = reply.proxies.iter().map(record_json).collect();
         let out = serde_json::json!({ "proxies": proxies, "unreachable": reply.unreachable });
         out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return ExitCode::SUCCESS;
