@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/trellis/v1/config.proto",
         "proto/trellis/v1/discovery.proto",
         "proto/trellis/v1/control.proto",
+        "proto/trellis/v1/identity.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub nacks: Counter,
     pub push_ack_duration: Histogram,
     pub source_errors: Gauge,
+    pub certificates_signed: Counter,
+    pub certificate_refusals: Counter,
     registry: Registry,
 }
 
@@ -41,6 +43,8 @@ impl Metrics {
             nacks: Counter::default(),
             push_ack_duration: latency(),
             source_errors: Gauge::default(),
+            certificates_signed: Counter::default(),
+            certificate_refusals: Counter::default(),
             registry: Registry::default(),
         };
         let mut registry = Registry::default();
@@ -100,6 +104,16 @@ impl Metrics {
             "trellis_source_errors",
             "Errors in the watched directory now (0: the files are valid)",
             m.source_errors.clone(),
+        );
+        r.register(
+            "trellis_ca_certificates_signed",
+            "Workload certificates this replica signed",
+            m.certificates_signed.clone(),
+        );
+        r.register(
+            "trellis_ca_certificate_refusals",
+            "CSRs refused (bad credential, identity or CSR)",
+            m.certificate_refusals.clone(),
         );
         Self { registry, ..m }
     }

@@ -15,10 +15,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use trellis_api::identity_server::IdentityServer;
 use trellis_api::mesh_control_server::MeshControlServer;
 use trellis_api::mesh_discovery_server::MeshDiscoveryServer;
 use trellis_api::raft_server::RaftServer;
 
+use crate::ca::service::{IdentityConfig, IdentityService};
 use crate::control::Control;
 use crate::grpc::Dispatch;
 use crate::metrics::Metrics;
@@ -56,6 +58,8 @@ pub struct ServerConfig {
     /// The mesh's root CA: trust domain, and files to use instead of a
     /// generated root.
     pub ca: crate::ca::CaSource,
+    /// Who may obtain workload certificates, and for how long.
+    pub identity: IdentityConfig,
 }
 
 /// Why a replica did not start.
@@ -154,10 +158,10 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
     tasks.spawn(log_leadership(raft.clone(), rx.clone()));
 
     let dispatch = Dispatch {
-        raft: RaftServer::new(RaftRpc { raft: raft.clone() })
+        a: RaftServer::new(RaftRpc { raft: raft.clone() })
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20),
-        control: MeshControlServer::new(Control {
+        b: MeshControlServer::new(Control {
             replica: replica.clone(),
         }),
     };
@@ -170,7 +174,15 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         shutdown: rx.clone(),
         sessions: Arc::new(AtomicU64::new(1)),
     });
-    tasks.spawn(grpc_serve("xds", xds_listener, push, rx.clone()));
+    let identity = IdentityServer::new(IdentityService {
+        replica: replica.clone(),
+        config: config.identity.clone(),
+    });
+    let xds = Dispatch {
+        a: identity,
+        b: push,
+    };
+    tasks.spawn(grpc_serve("xds", xds_listener, xds, rx.clone()));
     tasks.spawn(crate::admin::serve(
         admin_listener,
         replica.clone(),

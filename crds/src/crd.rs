@@ -4,7 +4,10 @@
 
 use kube::CustomResourceExt;
 
-use crate::types::{DestinationRuleResource, ServiceEntryResource, VirtualServiceResource};
+use crate::types::{
+    AuthorizationPolicyResource, DestinationRuleResource, PeerAuthenticationResource,
+    ServiceEntryResource, VirtualServiceResource,
+};
 
 /// (file name, YAML) of every CRD, in a stable order.
 pub fn manifests() -> Vec<(String, String)> {
@@ -12,6 +15,8 @@ pub fn manifests() -> Vec<(String, String)> {
         VirtualServiceResource::crd(),
         DestinationRuleResource::crd(),
         ServiceEntryResource::crd(),
+        PeerAuthenticationResource::crd(),
+        AuthorizationPolicyResource::crd(),
     ]
     .into_iter()
     .map(|crd| {

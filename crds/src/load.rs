@@ -11,8 +11,11 @@ use serde::de::DeserializeOwned;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, FieldPath};
 use crate::locate::locate;
-use crate::resource::{Origin, Resource, NETWORKING_API_VERSIONS};
-use crate::types::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec};
+use crate::resource::{Origin, Resource, NETWORKING_API_VERSIONS, SECURITY_API_VERSIONS};
+use crate::types::{
+    AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec, ServiceEntrySpec,
+    VirtualServiceSpec,
+};
 
 /// Rules loaded from one or more files.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -20,6 +23,8 @@ pub struct RuleSet {
     pub virtual_services: Vec<Resource<VirtualServiceSpec>>,
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub service_entries: Vec<Resource<ServiceEntrySpec>>,
+    pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
     /// Documents of kinds outside the mesh API (a Deployment beside the
     /// rules), as `file: kind name`; they are not rules and are left alone.
     pub skipped: Vec<String>,
@@ -31,11 +36,18 @@ impl RuleSet {
         self.virtual_services.extend(other.virtual_services);
         self.destination_rules.extend(other.destination_rules);
         self.service_entries.extend(other.service_entries);
+        self.peer_authentications.extend(other.peer_authentications);
+        self.authorization_policies
+            .extend(other.authorization_policies);
         self.skipped.extend(other.skipped);
     }
 
     pub fn len(&self) -> usize {
-        self.virtual_services.len() + self.destination_rules.len() + self.service_entries.len()
+        self.virtual_services.len()
+            + self.destination_rules.len()
+            + self.service_entries.len()
+            + self.peer_authentications.len()
+            + self.authorization_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,7 +161,13 @@ fn load_document(
             .push(format!("{}: {api_version} {kind} {name}", origin.file));
         return Ok(());
     }
-    let supported = ["VirtualService", "DestinationRule", "ServiceEntry"];
+    let supported = [
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+    ];
     if !supported.contains(&kind) {
         return Err(at(
             root.key("kind"),
@@ -159,12 +177,16 @@ fn load_document(
             ),
         ));
     }
-    if !NETWORKING_API_VERSIONS.contains(&api_version) {
+    let versions = match kind {
+        "PeerAuthentication" | "AuthorizationPolicy" => SECURITY_API_VERSIONS,
+        _ => NETWORKING_API_VERSIONS,
+    };
+    if !versions.contains(&api_version) {
         return Err(at(
             root.key("apiVersion"),
             format!(
                 "apiVersion {api_version} is not accepted for {kind} (use one of: {})",
-                NETWORKING_API_VERSIONS.join(", ")
+                versions.join(", ")
             ),
         ));
     }
@@ -175,6 +197,12 @@ fn load_document(
         "DestinationRule" => rules
             .destination_rules
             .push(typed::<DestinationRuleSpec>(value, &origin, at)?),
+        "PeerAuthentication" => rules
+            .peer_authentications
+            .push(typed::<PeerAuthenticationSpec>(value, &origin, at)?),
+        "AuthorizationPolicy" => rules
+            .authorization_policies
+            .push(typed::<AuthorizationPolicySpec>(value, &origin, at)?),
         _ => rules
             .service_entries
             .push(typed::<ServiceEntrySpec>(value, &origin, at)?),

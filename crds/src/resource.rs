@@ -17,6 +17,16 @@ pub const NETWORKING_API_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
 ];
 
+/// The group/version Trellis writes for security kinds.
+pub const SECURITY_API_VERSION: &str = "security.trellis.io/v1";
+
+/// `apiVersion`s accepted for security kinds.
+pub const SECURITY_API_VERSIONS: &[&str] = &[
+    SECURITY_API_VERSION,
+    "security.istio.io/v1",
+    "security.istio.io/v1beta1",
+];
+
 /// Namespace of a rule that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 

@@ -7,3 +7,4 @@ pub mod harness;
 pub mod mesh;
 pub mod payload;
 pub mod rules;
+pub mod tls;

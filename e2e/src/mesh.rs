@@ -283,10 +283,15 @@ impl ConnectedProxy {
     /// Starts proxy `id` streaming from `urls` (comma-separated), with a
     /// state dir; does not wait for a config.
     pub fn spawn(id: &str, urls: &str) -> Result<Self> {
+        Self::spawn_with(id, urls, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with `extra` flags.
+    pub fn spawn_with(id: &str, urls: &str, extra: &[String]) -> Result<Self> {
         let dir = TempDir::new("connected-proxy")?;
         let (outbound, admin) = (free_addr(), free_addr());
         let state_dir = dir.path().join("state");
-        let args = vec![
+        let mut args = vec![
             "--control-plane".to_string(),
             urls.to_string(),
             "--state-dir".into(),
@@ -298,6 +303,7 @@ impl ConnectedProxy {
             "--admin-addr".into(),
             admin.to_string(),
         ];
+        args.extend_from_slice(extra);
         let process = Process::spawn(
             &format!("proxy {id}"),
             &bin("trellis-proxy")?,
@@ -329,6 +335,11 @@ impl ConnectedProxy {
 
     pub fn is_ready(&self) -> bool {
         crate::client::blocking_get(self.admin, "/ready").is_ok_and(|(s, _)| s == 200)
+    }
+
+    /// The proxy's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        Ok(crate::client::blocking_get(self.admin, "/metrics")?.1)
     }
 
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {

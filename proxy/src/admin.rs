@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::body::{self, ProxyBody};
 use crate::discovery::{ConfigStore, RouteTable};
+use crate::identity::Identity;
 use crate::layers::balance::Balancer;
 use crate::layers::outlier::Health;
 use crate::metrics::Metrics;
@@ -17,6 +18,8 @@ use crate::metrics::Metrics;
 pub struct Admin {
     pub store: Arc<ConfigStore>,
     pub metrics: Arc<Metrics>,
+    /// The workload identity, when mTLS is on.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl Admin {
@@ -30,18 +33,31 @@ impl Admin {
         }
         match req.uri().path() {
             "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
-            "/ready" if self.store.is_ready() => {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
-            }
-            "/ready" => reply(
+            "/ready" if !self.store.is_ready() => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "no config yet\n".into(),
             ),
+            "/ready"
+                if self
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| i.current().is_none()) =>
+            {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no workload certificate yet\n".into(),
+                )
+            }
+            "/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/metrics" => {
                 let table = self.store.load();
                 self.metrics
                     .set_endpoints(table.clusters.iter().map(AsRef::as_ref));
+                if let Some(identity) = &self.identity {
+                    identity.refresh_metrics();
+                }
                 reply(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -49,7 +65,19 @@ impl Admin {
                 )
             }
             "/config_dump" => {
-                let dump = config_dump(&self.store.load());
+                let mut dump = config_dump(&self.store.load());
+                if let Some(c) = self.identity.as_ref().and_then(|i| i.current()) {
+                    let unix = |t: std::time::SystemTime| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    dump["identity"] = json!({
+                        "spiffe_id": c.id.as_str(),
+                        "not_before": unix(c.not_before),
+                        "not_after": unix(c.not_after),
+                        "renew_at": unix(c.renew_at()),
+                    });
+                }
                 let text = serde_json::to_string_pretty(&dump).unwrap_or_default();
                 reply(StatusCode::OK, "application/json", text)
             }
@@ -127,16 +155,24 @@ pub fn config_dump(table: &RouteTable) -> serde_json::Value {
                     "address": e.authority.as_str(),
                     "labels": e.labels,
                     "in_flight": e.load.in_flight(),
+                    "mtls": e.pool.config.mtls.as_deref(),
                     "state": health(e.health.health(), now),
                 })).collect::<Vec<_>>(),
                 "retry_budget": c.budget.describe(),
             })
         })
         .collect();
+    let (allow, deny) = table.inbound.policy_names();
     json!({
         "version": table.version,
         "source": table.source,
         "hosts": hosts,
         "clusters": clusters,
+        "inbound": {
+            "mtls": table.inbound.mtls.as_str(),
+            "peer_authentication": table.inbound.mtls_from,
+            "allow_policies": allow,
+            "deny_policies": deny,
+        },
     })
 }

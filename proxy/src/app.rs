@@ -13,11 +13,14 @@ use crate::config::{Config, DiscoveryConfig};
 use crate::discovery::remote::Remote;
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::{ConfigStore, Env};
+use crate::identity::certify::Certifier;
+use crate::identity::Identity;
+use crate::inbound::accept::InboundHandshake;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::forward::Forward;
 use crate::outbound::Outbound;
-use crate::transport::listen::{serve, service_with};
+use crate::transport::listen::{serve, service_with, Plaintext};
 
 /// A proxy with its listeners bound, not yet serving.
 #[derive(Debug)]
@@ -63,9 +66,28 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let mut tasks = JoinSet::new();
 
+        let identity = self
+            .config
+            .identity
+            .as_ref()
+            .map(|_| Arc::new(Identity::new(metrics.clone())));
+        if let (Some(settings), Some(identity), DiscoveryConfig::Remote { urls, .. }) =
+            (&self.config.identity, &identity, &self.config.discovery)
+        {
+            let certifier = Certifier {
+                urls: urls.clone(),
+                token: settings.token.clone(),
+                namespace: self.config.node.namespace.clone(),
+                service_account: settings.service_account.clone(),
+                node: self.config.node.id.clone(),
+                identity: identity.clone(),
+            };
+            tasks.spawn(certifier.run(rx.clone()));
+        }
         let env = Env {
             connect_timeout: self.config.outbound.connect_timeout,
             metrics: metrics.clone(),
+            identity: identity.clone(),
         };
         let node = self.config.node.clone();
         match &self.config.discovery {
@@ -98,6 +120,7 @@ impl App {
         tasks.spawn(serve(
             "outbound",
             self.outbound,
+            Plaintext,
             outbound,
             rx.clone(),
             drain,
@@ -107,15 +130,33 @@ impl App {
                 inbound.forward,
                 self.config.outbound.connect_timeout,
                 &self.config.node.service,
+                store.clone(),
                 metrics.clone(),
+                identity.clone(),
             ));
             let service = service_with(handler, |i, req| async move { i.handle(req).await });
-            tracing::info!(addr = %inbound.addr, forward = %inbound.forward, "inbound listener started");
-            tasks.spawn(serve("inbound", listener, service, rx.clone(), drain));
+            let handshake = InboundHandshake {
+                store: store.clone(),
+                identity: identity.clone(),
+                metrics: metrics.clone(),
+            };
+            tracing::info!(addr = %inbound.addr, forward = %inbound.forward, mtls = identity.is_some(), "inbound listener started");
+            tasks.spawn(serve(
+                "inbound",
+                listener,
+                handshake,
+                service,
+                rx.clone(),
+                drain,
+            ));
         }
-        let admin = Arc::new(Admin { store, metrics });
+        let admin = Arc::new(Admin {
+            store,
+            metrics,
+            identity,
+        });
         let admin = service_with(admin, |a, req| async move { a.handle(&req) });
-        tasks.spawn(serve("admin", self.admin, admin, rx, drain));
+        tasks.spawn(serve("admin", self.admin, Plaintext, admin, rx, drain));
         tracing::info!(%outbound_addr, %admin_addr, node = %self.config.node.id, "proxy started");
         Ok(Running {
             outbound_addr,

@@ -42,6 +42,21 @@ pub struct Args {
     pub node_id: Option<String>,
     #[arg(long, env = "TRELLIS_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// The service account this workload runs as: its SPIFFE id is
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    #[arg(long, env = "TRELLIS_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Connected mode: the bootstrap token that gets this proxy a workload
+    /// certificate (turns mTLS on); see also --bootstrap-token-file.
+    #[arg(
+        long,
+        env = "TRELLIS_BOOTSTRAP_TOKEN",
+        conflicts_with = "bootstrap_token_file"
+    )]
+    pub bootstrap_token: Option<String>,
+    /// Connected mode: a file holding the bootstrap token.
+    #[arg(long, env = "TRELLIS_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
     /// The workload this sidecar serves (the `source_workload` metric label).
     #[arg(long, env = "TRELLIS_SERVICE", default_value = "unknown")]
     pub service: String,
@@ -74,6 +89,10 @@ pub enum ConfigError {
     NoSource,
     #[error("--labels: {0:?} is not k=v")]
     BadLabel(String),
+    #[error("--bootstrap-token-file {0}: {1}")]
+    TokenFile(PathBuf, String),
+    #[error("a bootstrap token needs --control-plane (the CA that signs the certificate)")]
+    TokenWithoutControlPlane,
 }
 
 /// The whole proxy configuration.
@@ -84,6 +103,8 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     pub admin: AdminConfig,
     pub discovery: DiscoveryConfig,
+    /// Workload identity (mTLS), when a bootstrap token is given.
+    pub identity: Option<IdentityConfig>,
     /// Time allowed for in-flight requests after a shutdown signal.
     pub drain_timeout: Duration,
     /// Runtime worker threads (1 = a current-thread runtime).
@@ -115,6 +136,23 @@ pub struct OutboundConfig {
 pub struct InboundConfig {
     pub addr: SocketAddr,
     pub forward: SocketAddr,
+}
+
+/// How the proxy obtains its workload certificate.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    /// Presented to the control plane's CA.
+    pub token: String,
+    pub service_account: String,
+}
+
+impl std::fmt::Debug for IdentityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityConfig")
+            .field("token", &"<redacted>")
+            .field("service_account", &self.service_account)
+            .finish()
+    }
 }
 
 /// The admin listener.
@@ -162,6 +200,23 @@ impl Config {
             None => return Err(ConfigError::NoSource),
         };
         let labels = parse_labels(&args.labels)?;
+        let token = match (&args.bootstrap_token, &args.bootstrap_token_file) {
+            (Some(token), _) => Some(token.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::TokenFile(path.clone(), e.to_string()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if token.is_some() && !matches!(discovery, DiscoveryConfig::Remote { .. }) {
+            return Err(ConfigError::TokenWithoutControlPlane);
+        }
+        let identity = token.map(|token| IdentityConfig {
+            token,
+            service_account: args.service_account.clone(),
+        });
         Ok(Self {
             node: NodeConfig {
                 id: args
@@ -183,6 +238,7 @@ impl Config {
                 addr: args.admin_addr,
             },
             discovery,
+            identity,
             drain_timeout: args.drain_timeout,
             workers: usize::from(args.workers),
         })

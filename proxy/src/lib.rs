@@ -15,6 +15,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod discovery;
+pub mod identity;
 pub mod inbound;
 pub mod layers;
 pub mod metrics;

@@ -16,6 +16,10 @@ pub struct RequestLabels {
     pub destination_service: String,
     pub destination_subset: String,
     pub route: String,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
+    /// The peer's SPIFFE id (inbound mTLS), else empty.
+    pub source_principal: String,
     pub response_code: u16,
     pub reason: &'static str,
 }
@@ -28,6 +32,8 @@ pub struct DurationLabels {
     pub destination_service: String,
     pub destination_subset: String,
     pub route: String,
+    pub connection_security_policy: &'static str,
+    pub source_principal: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +56,13 @@ pub struct EndpointLabels {
     pub state: &'static str,
 }
 
+/// Labels of `trellis_tls_handshake_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
@@ -67,6 +80,9 @@ pub struct Metrics {
     pub outlier_panic: Family<DestinationLabels, Counter>,
     pub circuit_overflow: Family<DestinationLabels, Counter>,
     pub endpoints: Family<EndpointLabels, Gauge>,
+    pub cert_expiry: Gauge,
+    pub cert_renewals: Family<ReloadLabels, Counter>,
+    pub handshake_failures: Family<HandshakeLabels, Counter>,
     registry: Registry,
 }
 
@@ -133,7 +149,29 @@ impl Metrics {
             "Version of the configuration in use",
             config_version.clone(),
         );
+        let cert_expiry = Gauge::default();
+        registry.register_with_unit(
+            "identity_cert_expiry",
+            "Time until the workload certificate expires",
+            prometheus_client::registry::Unit::Seconds,
+            cert_expiry.clone(),
+        );
+        let cert_renewals = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "identity_cert_renewals",
+            "Attempts to obtain a workload certificate, by result",
+            cert_renewals.clone(),
+        );
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "mTLS handshakes that failed, by side and reason",
+            handshake_failures.clone(),
+        );
         Self {
+            cert_expiry,
+            cert_renewals,
+            handshake_failures,
             requests,
             request_duration,
             config_reloads,
@@ -201,6 +239,19 @@ impl Metrics {
         }
     }
 
+    pub fn renewal(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.cert_renewals
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    pub fn handshake_failure(&self, direction: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { direction, reason })
+            .inc();
+    }
+
     pub fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.config_reloads
@@ -255,6 +306,8 @@ impl DurationLabels {
             destination_service: self.destination_service.clone(),
             destination_subset: self.destination_subset.clone(),
             route: self.route.clone(),
+            connection_security_policy: self.connection_security_policy,
+            source_principal: self.source_principal.clone(),
             response_code,
             reason,
         }

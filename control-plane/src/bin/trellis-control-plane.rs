@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use trellis_control_plane::ca::service::IdentityConfig;
+use trellis_control_plane::ca::tokens::Tokens;
 use trellis_control_plane::server::{start, ServerConfig};
 
 /// Flags (each also read from a `TRELLIS_*` variable).
@@ -63,6 +66,14 @@ struct Args {
     /// Root CA private key (PEM); with --ca-cert.
     #[arg(long, env = "TRELLIS_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// Bootstrap tokens proxies present to get certificates: one
+    /// `TOKEN IDENTITY` per line (`ns/sa`, `ns/*` or `*`). Without it no
+    /// workload certificate is signed.
+    #[arg(long, env = "TRELLIS_BOOTSTRAP_TOKENS")]
+    bootstrap_tokens: Option<PathBuf>,
+    /// Lifetime of workload certificates (proxies renew at half of it).
+    #[arg(long, env = "TRELLIS_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
     /// Log entries kept behind a snapshot for lagging peers.
     #[arg(long, env = "TRELLIS_KEEP_LOGS", default_value_t = 200)]
     keep_logs: u64,
@@ -96,6 +107,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let tokens = match &args.bootstrap_tokens {
+        Some(path) => match Tokens::load(path) {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Tokens::default(),
+    };
     let config = ServerConfig {
         node_id: args.node_id,
         data_dir: args.data_dir,
@@ -113,6 +134,10 @@ fn main() -> ExitCode {
         ca: trellis_control_plane::ca::CaSource {
             trust_domain: args.trust_domain,
             files: args.ca_cert.zip(args.ca_key),
+        },
+        identity: IdentityConfig {
+            tokens: Arc::new(tokens),
+            cert_ttl: args.cert_ttl,
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -4,7 +4,12 @@
 //! `--ca-key` name files to use instead (as Helm mounts a Secret).
 //! `trellisctl trust-bundle` prints the root certificate.
 //!
-//! Signing proxies' CSRs comes next (issue: identity and mTLS).
+//! Proxies' CSRs are signed by [`service::IdentityService`] ([`sign`]),
+//! authenticated by [`tokens`].
+
+pub mod service;
+pub mod sign;
+pub mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -21,6 +21,12 @@ pub fn documents(rules: &RuleSet) -> Result<Vec<(ResourceKey, serde_json::Value)
     for se in &rules.service_entries {
         out.push(document(se)?);
     }
+    for pa in &rules.peer_authentications {
+        out.push(document(pa)?);
+    }
+    for ap in &rules.authorization_policies {
+        out.push(document(ap)?);
+    }
     Ok(out)
 }
 
@@ -46,6 +52,8 @@ pub fn rule_set<'a>(
             "VirtualService" => typed(document).map(|r| rules.virtual_services.push(r)),
             "DestinationRule" => typed(document).map(|r| rules.destination_rules.push(r)),
             "ServiceEntry" => typed(document).map(|r| rules.service_entries.push(r)),
+            "PeerAuthentication" => typed(document).map(|r| rules.peer_authentications.push(r)),
+            "AuthorizationPolicy" => typed(document).map(|r| rules.authorization_policies.push(r)),
             other => Err(format!("kind {other} is not a rule")),
         };
         if let Err(e) = result {

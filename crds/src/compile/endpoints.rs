@@ -22,6 +22,12 @@ pub struct Service {
     pub aliases: Vec<String>,
     pub ports: Vec<ServicePortSpec>,
     pub instances: Vec<Instance>,
+    /// Where the service is declared (the default namespace of its
+    /// instances' service accounts).
+    pub namespace: String,
+    /// SPIFFE ids allowed to serve it, when declared (ServiceEntry
+    /// `subjectAltNames`); otherwise each instance's service account.
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,6 +48,8 @@ pub struct Instance {
     pub ports: BTreeMap<String, u32>,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
+    /// The instance's service account (its mTLS identity).
+    pub service_account: Option<String>,
 }
 
 impl Service {
@@ -93,6 +101,7 @@ impl Endpoints {
                         ports: e.ports.clone(),
                         labels: e.labels.clone(),
                         weight: e.weight.unwrap_or(1),
+                        service_account: e.service_account.clone(),
                     })
                     .collect();
                 let dns = matches!(
@@ -114,6 +123,8 @@ impl Endpoints {
                         aliases: Vec::new(),
                         ports: ports.clone(),
                         instances,
+                        namespace: se.namespace().to_string(),
+                        subject_alt_names: se.spec.subject_alt_names.clone(),
                     },
                 );
             }

@@ -7,6 +7,7 @@
 
 mod endpoints;
 mod policy;
+mod security;
 
 use std::collections::BTreeMap;
 
@@ -67,6 +68,8 @@ pub fn compile(rules: &RuleSet, endpoints: &Endpoints) -> api::ProxyConfig {
         source: String::new(),
         hosts: hosts.into_values().collect(),
         clusters: c.clusters.into_values().collect(),
+        peer_authentications: security::peer_authentications(rules),
+        authorization_policies: security::authorization_policies(rules),
     }
 }
 
@@ -181,6 +184,13 @@ impl Compiler<'_> {
         let rule = self.rules_by_host.get(host).copied();
         let subset_rule = rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == subset));
         let selector = subset_rule.map(|s| &s.labels);
+        let tls_mode = subset_rule
+            .and_then(|s| s.traffic_policy.as_ref())
+            .and_then(|p| p.tls.as_ref())
+            .or(rule
+                .and_then(|r| r.spec.traffic_policy.as_ref())
+                .and_then(|p| p.tls.as_ref()))
+            .and_then(|t| t.mode);
         let endpoints = service
             .map(|s| s.instances.as_slice())
             .unwrap_or_default()
@@ -195,6 +205,10 @@ impl Compiler<'_> {
                     port,
                     labels: i.labels.clone().into_iter().collect(),
                     weight: i.weight,
+                    mtls: security::originates_mtls(tls_mode, i),
+                    identities: service
+                        .map(|s| security::identities(s, i))
+                        .unwrap_or_default(),
                 })
             })
             .collect();

@@ -127,3 +127,93 @@ fn service_without_rules_routes_to_all_endpoints() {
 fn compile_is_deterministic() {
     assert_eq!(compiled(), compiled());
 }
+
+#[test]
+fn sidecar_endpoints_get_mtls_and_their_identity() {
+    let rules = load_str(
+        "m.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  ports: [{number: 80, name: http}]
+  endpoints:
+  - {address: 10.0.0.1, labels: {security.istio.io/tlsMode: istio, v: a}, serviceAccount: reviews}
+  - {address: 10.0.0.2, labels: {security.istio.io/tlsMode: istio, v: b}}
+  - {address: 10.0.0.3, labels: {v: c}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: plain, labels: {v: a}, trafficPolicy: {tls: {mode: DISABLE}}}
+  - {name: forced, labels: {v: c}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: plain}, weight: 50}
+    - {destination: {host: reviews, subset: forced}, weight: 50}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mesh, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"#,
+    )
+    .expect("loads");
+    let config = compile(&rules, &Endpoints::from_service_entries(&rules));
+    let unrouted = compile(
+        &RuleSet {
+            virtual_services: Vec::new(),
+            ..rules.clone()
+        },
+        &Endpoints::from_service_entries(&rules),
+    );
+    let all = unrouted
+        .clusters
+        .iter()
+        .find(|c| c.subset.is_empty())
+        .expect("default cluster");
+    let view: Vec<(bool, Vec<String>)> = all
+        .endpoints
+        .iter()
+        .map(|e| (e.mtls, e.identities.clone()))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (true, vec!["ns/shop/sa/reviews".to_string()]),
+            (true, vec!["ns/shop/sa/default".to_string()]),
+            (false, vec!["ns/shop/sa/default".to_string()]),
+        ]
+    );
+    let subset = |name: &str| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.subset == name)
+            .map(|c| c.endpoints.iter().map(|e| e.mtls).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        subset("plain"),
+        Some(vec![false]),
+        "DISABLE wins over the label"
+    );
+    assert_eq!(
+        subset("forced"),
+        Some(vec![true]),
+        "ISTIO_MUTUAL without the label"
+    );
+    let pa = &config.peer_authentications[0];
+    assert_eq!(pa.mode(), api::MtlsMode::MtlsStrict);
+    assert!(pa.scope.as_ref().is_some_and(|s| s.mesh_wide));
+}

@@ -3,10 +3,12 @@
 //! validation pass, so one bad value does not hide every other error.
 
 mod destination_rule;
+mod security;
 mod service_entry;
 mod virtual_service;
 
 pub use destination_rule::*;
+pub use security::*;
 pub use service_entry::*;
 pub use virtual_service::*;
 

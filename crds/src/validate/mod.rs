@@ -3,6 +3,7 @@
 
 mod policy;
 mod route;
+mod security;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,15 @@ pub fn validate(rules: &RuleSet) -> Diagnostics {
     for se in &rules.service_entries {
         let mut at = report.on(se);
         policy::check_service_entry(se, &mut at);
+    }
+    let mut namespace_wide = BTreeSet::new();
+    for pa in &rules.peer_authentications {
+        let mut at = report.on(pa);
+        security::check_peer_authentication(pa, &mut namespace_wide, &mut at);
+    }
+    for ap in &rules.authorization_policies {
+        let mut at = report.on(ap);
+        security::check_authorization_policy(ap, &mut at);
     }
     let mut diagnostics = report.diagnostics;
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
@@ -146,6 +156,8 @@ fn check_names(rules: &RuleSet, report: &mut Report) {
     each("VirtualService", &rules.virtual_services, report);
     each("DestinationRule", &rules.destination_rules, report);
     each("ServiceEntry", &rules.service_entries, report);
+    each("PeerAuthentication", &rules.peer_authentications, report);
+    each("AuthorizationPolicy", &rules.authorization_policies, report);
 }
 
 #[cfg(test)]

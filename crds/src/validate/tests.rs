@@ -97,3 +97,59 @@ fn duplicate_resources_and_hosts_are_errors() {
         "{errors}"
     );
 }
+
+const SECURITY: &str = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: a, namespace: shop}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.trellis.io/v1
+kind: PeerAuthentication
+metadata: {name: b, namespace: shop}
+spec:
+  mtls: {mode: PERMISSIVE}
+---
+apiVersion: security.trellis.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c, namespace: shop}
+spec:
+  action: AUDIT
+  rules:
+  - from: [{source: {principals: ["cluster.local/*/sa/web"]}}]
+    to: [{operation: {paths: ["admin", "/ok/*"]}}]
+"#;
+
+#[test]
+fn security_kinds_are_checked() {
+    let rules = load_str("sec.yaml", SECURITY).expect("parses");
+    assert_eq!(rules.peer_authentications.len(), 2);
+    let errors: Vec<String> = validate(&rules).0.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "sec.yaml:9:18: metadata.name: namespace shop already has a PeerAuthentication without a selector",
+            "sec.yaml:17:11: spec.action: action AUDIT is not supported (ALLOW or DENY)",
+            "sec.yaml:19:35: spec.rules[0].from[0].source.principals[0]: \"cluster.local/*/sa/web\": `*` only once, at the start or the end of a value",
+            "sec.yaml:20:31: spec.rules[0].to[0].operation.paths[0]: \"admin\": a path starts with `/`",
+        ]
+    );
+}
+
+#[test]
+fn unimplemented_authorization_fields_are_refused_not_ignored() {
+    let doc = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c}
+spec:
+  rules:
+  - when: [{key: "request.headers[x]", values: ["1"]}]
+"#;
+    let errors = load_str("when.yaml", doc).expect_err("`when` is not supported");
+    let text = errors.to_string();
+    assert!(
+        text.contains("when.yaml:6:11: spec.rules[0].when"),
+        "{text}"
+    );
+    assert!(text.contains("unknown field `when`"), "{text}");
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use trellis_api as api;
 
 use super::model::ModelError;
+use crate::identity::Identity;
 use crate::layers::balance::{Balancer, EndpointLoad, Ring, Targets};
 use crate::layers::breaker::{PoolLimit, RetryGate};
 use crate::layers::outlier::{Member, OutlierConfig, OutlierGroup, OutlierState};
@@ -39,6 +40,8 @@ pub struct Cluster {
     pub pool: Option<Arc<PoolLimit>>,
     /// `connectionPool.http.maxRetries`, when set.
     pub retry_gate: Option<Arc<RetryGate>>,
+    /// Some endpoint is reached over mTLS.
+    pub mtls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub struct Env {
     /// Connect timeout of destinations without `connectTimeout`.
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// The workload identity mTLS connections present (none: mTLS off).
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl Default for Env {
@@ -66,6 +71,7 @@ impl Default for Env {
         Self {
             connect_timeout: Duration::from_secs(1),
             metrics: Arc::new(Metrics::new()),
+            identity: None,
         }
     }
 }
@@ -96,6 +102,7 @@ impl Cluster {
                 .filter(|d| !d.is_zero())
                 .unwrap_or(env.connect_timeout),
             max_requests_per_connection: pool_cfg.map_or(0, |p| p.max_requests_per_connection),
+            mtls: None,
         };
         let endpoints = c
             .endpoints
@@ -116,11 +123,19 @@ impl Cluster {
                     .and_then(|p| p.endpoints.iter().find(|old| old.authority == authority));
                 let load = old.map(|old| old.load.clone()).unwrap_or_default();
                 let health = old.map(|old| old.health.clone()).unwrap_or_default();
+                let pool_config = PoolConfig {
+                    mtls: e.mtls.then(|| Arc::from(e.identities.as_slice())),
+                    ..pool_config.clone()
+                };
                 let pool = old
                     .map(|old| old.pool.clone())
                     .filter(|pool| pool.config == pool_config)
                     .unwrap_or_else(|| {
-                        Arc::new(EndpointPool::new(authority.as_str(), pool_config))
+                        Arc::new(EndpointPool::new(
+                            authority.as_str(),
+                            pool_config,
+                            env.identity.clone(),
+                        ))
                     });
                 Ok(Endpoint {
                     authority,
@@ -203,6 +218,7 @@ impl Cluster {
             .filter(|m| *m > 0)
             .map(|max| Arc::new(RetryGate::new(max, &c.service, &c.subset)));
         Ok(Self {
+            mtls: c.endpoints.iter().any(|e| e.mtls),
             pool,
             retry_gate,
             name: c.name.clone(),

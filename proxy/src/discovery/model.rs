@@ -10,6 +10,7 @@ use trellis_api as api;
 use super::cluster::{Cluster, Env};
 use super::matcher::{CompiledMatch, MatchError, RequestView};
 use crate::config::NodeConfig;
+use crate::inbound::policy::InboundPolicy;
 use crate::layers::retry::RetryConditions;
 use crate::metrics::RouteSeries;
 
@@ -37,6 +38,8 @@ pub struct RouteTable {
     /// Distinct hosts in config order (for /config_dump).
     pub virtual_hosts: Vec<Arc<VirtualHost>>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// What the inbound side enforces for this workload.
+    pub inbound: InboundPolicy,
 }
 
 #[derive(Debug)]
@@ -196,6 +199,7 @@ impl RouteTable {
             hosts,
             virtual_hosts,
             clusters,
+            inbound: InboundPolicy::build(config, node),
         })
     }
 

@@ -1,8 +1,13 @@
 //! The inbound side: requests from other sidecars to the local application.
-//! With `--inbound-forward ADDR` (no iptables redirect) every request the
-//! inbound listener accepts goes to the application at ADDR over pooled
-//! HTTP/1.1 connections. Plaintext for now: mTLS termination and
-//! authorization policies come with the identity work.
+//! `accept` terminates mTLS (or not) per the workload's PeerAuthentication;
+//! then each request's path is normalized, AuthorizationPolicies are
+//! applied (`policy`), and with `--inbound-forward ADDR` (no iptables
+//! redirect) the request goes to the application at ADDR over pooled
+//! HTTP/1.1 connections, with the path that was authorized.
+
+pub mod accept;
+pub mod path;
+pub mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,19 +18,29 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use self::accept::PeerSecurity;
+use self::policy::RequestFacts;
 use crate::body::{self, ProxyBody, RequestBody};
+use crate::discovery::ConfigStore;
+use crate::identity::Identity;
 use crate::metrics::{DurationLabels, Metrics};
 use crate::outbound::headers::strip_hop_by_hop;
 use crate::outbound::local_reply::Reason;
 use crate::transport::pool::{EndpointPool, PoolConfig, SendError};
 
-/// Forwards inbound requests to the local application.
+/// Authorizes inbound requests and forwards them to the local application.
 #[derive(Debug)]
 pub struct Inbound {
     app: Arc<EndpointPool>,
-    labels: DurationLabels,
+    store: Arc<ConfigStore>,
+    service: String,
     metrics: Arc<Metrics>,
+    identity: Option<Arc<Identity>>,
 }
+
+/// Tells the application who called: `By=<this workload>;URI=<the peer>`
+/// (Envoy's and Istio's header). A value the client sent is dropped.
+pub const XFCC: &str = "x-forwarded-client-cert";
 
 impl Inbound {
     /// `service` names this workload in metrics (`destination_service`).
@@ -33,29 +48,86 @@ impl Inbound {
         app: SocketAddr,
         connect_timeout: Duration,
         service: &str,
+        store: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
+        identity: Option<Arc<Identity>>,
     ) -> Self {
         let config = PoolConfig {
             http2: false,
             connect_timeout,
             max_requests_per_connection: 0,
+            mtls: None,
         };
         Self {
-            app: Arc::new(EndpointPool::new(&app.to_string(), config)),
-            labels: DurationLabels {
-                direction: "inbound",
-                source_workload: String::new(),
-                destination_service: service.to_string(),
-                destination_subset: String::new(),
-                route: String::new(),
-            },
+            app: Arc::new(EndpointPool::new(&app.to_string(), config, None)),
+            store,
+            service: service.to_string(),
             metrics,
+            identity,
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let peer = req
+            .extensions()
+            .get::<PeerSecurity>()
+            .cloned()
+            .unwrap_or(PeerSecurity { principal: None });
+        let (response, reason) = match self.authorize(req, &peer) {
+            Ok(request) => self.forward(request).await,
+            Err(reason) => (reason.response(), reason.as_str()),
+        };
+        let labels = DurationLabels {
+            direction: "inbound",
+            source_workload: String::new(),
+            destination_service: self.service.clone(),
+            destination_subset: String::new(),
+            route: String::new(),
+            connection_security_policy: peer.policy_label(),
+            source_principal: peer
+                .principal
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        };
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let labels = labels.with_response(response.status().as_u16(), reason);
+        self.metrics.requests.get_or_create(&labels).inc();
+        response
+    }
+
+    /// Normalizes the path and applies the policies: the request as it
+    /// will be forwarded, or why not.
+    fn authorize(
+        &self,
+        req: Request<Incoming>,
+        peer: &PeerSecurity,
+    ) -> Result<Request<RequestBody>, Reason> {
         let (mut parts, incoming) = req.into_parts();
+        let normalized = path::normalize(parts.uri.path()).map_err(|e| {
+            tracing::debug!(path = parts.uri.path(), error = %e, "inbound path refused");
+            Reason::InvalidPath
+        })?;
+        let table = self.store.load();
+        let facts = RequestFacts {
+            principal: peer.principal.as_deref(),
+            method: parts.method.as_str(),
+            path: &normalized,
+        };
+        if let Err(denied) = table.inbound.authorize(&facts) {
+            tracing::debug!(
+                principal = ?peer.principal.as_deref().map(|p| p.as_str()),
+                method = %parts.method,
+                path = %normalized,
+                ?denied,
+                "inbound request denied"
+            );
+            return Err(Reason::RbacDenied);
+        }
         // HTTP/2 names the authority only in the URI: the app gets it as Host.
         if !parts.headers.contains_key(HOST) {
             if let Some(host) = parts
@@ -67,21 +139,35 @@ impl Inbound {
             }
         }
         strip_hop_by_hop(&mut parts.headers);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(path);
+        parts.headers.remove(XFCC);
+        if let Some(principal) = &peer.principal {
+            let own = self.identity.as_ref().and_then(|i| i.current());
+            let value = match own {
+                Some(own) => format!("By={};URI={principal}", own.id),
+                None => format!("URI={principal}"),
+            };
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                parts.headers.insert(XFCC, value);
+            }
+        }
+        let path = match parts.uri.query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        parts.uri =
+            Uri::from(PathAndQuery::try_from(path.as_str()).map_err(|_| Reason::InvalidPath)?);
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(
+        Ok(Request::from_parts(
             parts,
             RequestBody::Streaming {
                 prefix: None,
                 rest: incoming,
             },
-        );
-        let (response, reason) = match self.app.send(request).await {
+        ))
+    }
+
+    async fn forward(&self, request: Request<RequestBody>) -> (Response<ProxyBody>, &'static str) {
+        match self.app.send(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -95,15 +181,6 @@ impl Inbound {
                 tracing::debug!(error = %e, "inbound request failed");
                 (reason.response(), reason.as_str())
             }
-        };
-        self.metrics
-            .request_duration
-            .get_or_create(&self.labels)
-            .observe(started.elapsed().as_secs_f64());
-        let labels = self
-            .labels
-            .with_response(response.status().as_u16(), reason);
-        self.metrics.requests.get_or_create(&labels).inc();
-        response
+        }
     }
 }

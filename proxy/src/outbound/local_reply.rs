@@ -37,6 +37,11 @@ pub enum Reason {
     FaultAbort,
     /// A connection-pool limit of the destination was reached.
     Overflow,
+    /// An AuthorizationPolicy refused the request (inbound).
+    RbacDenied,
+    /// The path cannot be normalized safely (encoded `/` or `\`, `..` above
+    /// the root): refused rather than guessed at.
+    InvalidPath,
 }
 
 impl Reason {
@@ -50,6 +55,8 @@ impl Reason {
             Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::FaultAbort => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RbacDenied => StatusCode::FORBIDDEN,
+            Self::InvalidPath => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -65,6 +72,8 @@ impl Reason {
             Self::RetriesExhausted => "retries-exhausted",
             Self::FaultAbort => "fault-abort",
             Self::Overflow => "overflow",
+            Self::RbacDenied => "rbac-denied",
+            Self::InvalidPath => "invalid-path",
         }
     }
 

@@ -126,7 +126,12 @@ impl Outbound {
             let series = d.series.get_or_init(|| {
                 RouteSeries::new(
                     &self.metrics,
-                    self.labels(&d.cluster.service, &d.cluster.subset, &route.name),
+                    self.labels(
+                        &d.cluster.service,
+                        &d.cluster.subset,
+                        &route.name,
+                        d.cluster.mtls,
+                    ),
                 )
             });
             series.record(&self.metrics, status.as_u16(), reason, seconds);
@@ -134,8 +139,8 @@ impl Outbound {
         }
         // Redirects and requests that matched nothing: rare, resolved per request.
         let labels = match target {
-            Some(t) => self.labels(t.host, "", &t.route.name),
-            None => self.labels("unknown", "", ""),
+            Some(t) => self.labels(t.host, "", &t.route.name, false),
+            None => self.labels("unknown", "", "", false),
         };
         self.metrics
             .request_duration
@@ -145,13 +150,15 @@ impl Outbound {
         self.metrics.requests.get_or_create(&labels).inc();
     }
 
-    fn labels(&self, service: &str, subset: &str, route: &str) -> DurationLabels {
+    fn labels(&self, service: &str, subset: &str, route: &str, mtls: bool) -> DurationLabels {
         DurationLabels {
             direction: "outbound",
             source_workload: self.node.service.clone(),
             destination_service: service.to_string(),
             destination_subset: subset.to_string(),
             route: route.to_string(),
+            connection_security_policy: if mtls { "mutual_tls" } else { "none" },
+            source_principal: String::new(),
         }
     }
 }

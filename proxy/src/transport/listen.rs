@@ -1,9 +1,12 @@
-//! Accept loop shared by every listener: serves each connection with
-//! HTTP/1.1 or HTTP/2 (prior knowledge) as the client speaks, and drains
-//! in-flight requests on shutdown.
+//! Accept loop shared by every listener: runs the listener's [`Handshake`]
+//! (nothing for plaintext listeners, mTLS for the inbound one) in the
+//! connection's own task, serves it with HTTP/1.1 or HTTP/2 (prior
+//! knowledge) as the client speaks, and drains in-flight requests on
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,14 +15,45 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 
 /// The client's address, in every request's extensions.
 #[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub std::net::SocketAddr);
+pub struct PeerAddr(pub SocketAddr);
+
+/// Turns an accepted TCP connection into the stream HTTP is served on,
+/// and what requests on it should know about it; `None` drops it.
+pub trait Handshake: Clone + Send + Sync + 'static {
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    /// Put in every request's extensions.
+    type Peer: Clone + Send + Sync + 'static;
+
+    fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Option<(Self::Io, Self::Peer)>> + Send;
+}
+
+/// No handshake: HTTP straight over TCP.
+#[derive(Clone, Copy, Debug)]
+pub struct Plaintext;
+
+impl Handshake for Plaintext {
+    type Io = TokioIo<TcpStream>;
+    type Peer = PeerAddr;
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Self::Io, Self::Peer)> {
+        Some((TokioIo::new(stream), PeerAddr(peer)))
+    }
+}
 
 /// A hyper service calling `handle(state, request)` for every request.
 pub fn service_with<T, F, Fut>(
@@ -47,9 +81,10 @@ where
 
 /// Serves `listener` until `shutdown` flips, then gives open connections up
 /// to `drain` to finish their requests.
-pub async fn serve<S>(
+pub async fn serve<S, H: Handshake>(
     name: &'static str,
     listener: TcpListener,
+    handshake: H,
     service: S,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
@@ -71,6 +106,7 @@ pub async fn serve<S>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -79,13 +115,19 @@ pub async fn serve<S>(
                         tracing::debug!(listener = name, %peer, error = %e, "set_nodelay failed");
                     }
                     let inner = service.clone();
-                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                        req.extensions_mut().insert(PeerAddr(peer));
-                        inner.call(req)
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let watcher = graceful.watcher();
+                    let handshake = handshake.clone();
+                    let builder = builder.clone();
                     tokio::spawn(async move {
+                        let Some((io, info)) = handshake.handshake(stream, peer).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                            req.extensions_mut().insert(PeerAddr(peer));
+                            req.extensions_mut().insert(info.clone());
+                            inner.call(req)
+                        });
+                        let conn = builder.serve_connection(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(listener = name, %peer, error = %e, "connection closed with error");
                         }

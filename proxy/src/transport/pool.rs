@@ -5,6 +5,11 @@
 //! goes back to the idle list when its response body has been read to the
 //! end; a request that a stale idle connection could not even send is sent
 //! again on a fresh one.
+//!
+//! To an endpoint with a sidecar the pool originates mTLS with the proxy's
+//! current certificate, checks that the server's SPIFFE id is one allowed
+//! to serve the endpoint, and multiplexes every request (HTTP/1.1 from the
+//! app included) over one HTTP/2 connection.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,13 +18,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::HOST;
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::io::MaybeTls;
 use crate::body::RequestBody;
+use crate::identity::{verify::io_failure_reason, Identity};
 
 /// Idle HTTP/1 connections older than this are closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,12 +42,15 @@ pub enum SendError {
 }
 
 /// How connections to an endpoint are made and retired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     pub http2: bool,
     pub connect_timeout: Duration,
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
+    /// Originate mTLS, accepting a server with one of these identities
+    /// (`spiffe://...` or `ns/x/sa/y` in the proxy's trust domain).
+    pub mtls: Option<Arc<[String]>>,
 }
 
 #[derive(Debug)]
@@ -60,15 +71,17 @@ struct Http2Conn {
 pub struct EndpointPool {
     address: String,
     pub config: PoolConfig,
+    identity: Option<Arc<Identity>>,
     idle: Mutex<Vec<Http1Conn>>,
     h2: tokio::sync::Mutex<Option<Http2Conn>>,
 }
 
 impl EndpointPool {
-    pub fn new(address: &str, config: PoolConfig) -> Self {
+    pub fn new(address: &str, config: PoolConfig, identity: Option<Arc<Identity>>) -> Self {
         Self {
             address: address.to_string(),
             config,
+            identity,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         }
@@ -80,7 +93,9 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        if self.config.http2 {
+        if self.config.mtls.is_some() {
+            self.send_http2(absolute_form(req)?).await
+        } else if self.config.http2 {
             self.send_http2(req).await
         } else {
             self.send_http1(req).await
@@ -166,7 +181,7 @@ impl EndpointPool {
             .push(conn);
     }
 
-    async fn dial(&self) -> Result<TokioIo<TcpStream>, SendError> {
+    async fn dial(&self) -> Result<TokioIo<MaybeTls>, SendError> {
         let fail = |reason: String| SendError::Connect {
             endpoint: self.address.clone(),
             reason,
@@ -179,7 +194,66 @@ impl EndpointPool {
         .map_err(|_| fail(format!("timed out after {:?}", self.config.connect_timeout)))?
         .map_err(|e| fail(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        match &self.config.mtls {
+            None => Ok(TokioIo::new(MaybeTls::Plain(stream))),
+            Some(allowed) => self.handshake(stream, allowed).await.map_err(fail),
+        }
+    }
+
+    /// mTLS to the endpoint's sidecar; the server must prove one of the
+    /// `allowed` identities.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        allowed: &[String],
+    ) -> Result<TokioIo<MaybeTls>, String> {
+        let identity = self.identity.as_ref();
+        let Some(credentials) = identity.and_then(|i| i.current()) else {
+            return Err("mTLS required, and this proxy has no workload certificate".into());
+        };
+        let metrics = identity.map(|i| i.metrics());
+        let name =
+            rustls::pki_types::ServerName::try_from("sidecar.trellis").expect("a valid DNS name");
+        let connector = tokio_rustls::TlsConnector::from(credentials.client.clone());
+        let tls = match tokio::time::timeout(
+            self.config.connect_timeout,
+            connector.connect(name, stream),
+        )
+        .await
+        {
+            Err(_) => {
+                metrics.inspect(|m| m.handshake_failure("outbound", "timeout"));
+                return Err("TLS handshake timed out".into());
+            }
+            Ok(Err(e)) => {
+                let reason = io_failure_reason(&e);
+                metrics.inspect(|m| m.handshake_failure("outbound", reason));
+                return Err(format!("TLS handshake: {e}"));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| {
+                crate::identity::spiffe::identity_of(leaf, &credentials.trust_domain).ok()
+            });
+        let Some(peer) = peer else {
+            return Err("the server presented no workload identity".into());
+        };
+        if !allowed
+            .iter()
+            .any(|id| credentials.expand(id) == peer.as_str())
+        {
+            metrics.inspect(|m| m.handshake_failure("outbound", "unexpected-identity"));
+            return Err(format!(
+                "the server is {peer}, not an identity allowed to serve this endpoint ({})",
+                allowed.join(", ")
+            ));
+        }
+        Ok(TokioIo::new(MaybeTls::Tls(Box::new(tls.into()))))
     }
 
     async fn dial_http1(&self) -> Result<Http1Conn, SendError> {
@@ -213,6 +287,41 @@ impl EndpointPool {
             used: AtomicU32::new(0),
         })
     }
+}
+
+/// A request as HTTP/2 sends it: absolute URI, authority from `Host`.
+fn absolute_form(req: Request<RequestBody>) -> Result<Request<RequestBody>, SendError> {
+    if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .headers
+        .remove(HOST)
+        .and_then(|h| {
+            h.to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        })
+        .or_else(|| parts.uri.authority().cloned());
+    let mut uri = Uri::builder().scheme(http::uri::Scheme::HTTP);
+    if let Some(authority) = authority {
+        uri = uri.authority(authority);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = uri
+        .path_and_query(path)
+        .build()
+        .map_err(|e| SendError::Connect {
+            endpoint: String::new(),
+            reason: format!("request URI: {e}"),
+        })?;
+    parts.version = Version::HTTP_2;
+    Ok(Request::from_parts(parts, body))
 }
 
 /// An upstream response body; for HTTP/1 it returns its connection to the

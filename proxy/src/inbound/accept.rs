@@ -1,0 +1,145 @@
+//! The inbound handshake: per connection, the workload's mTLS mode decides
+//! between TLS (STRICT), plaintext (DISABLE), or either as the first byte
+//! says (PERMISSIVE: a TLS record starts with 0x16). A STRICT listener
+//! drops a plaintext connection, and any connection whose certificate the
+//! verifier refuses, before a byte reaches the application.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::policy::MtlsMode;
+use crate::discovery::ConfigStore;
+use crate::identity::spiffe::identity_of;
+use crate::identity::verify::io_failure_reason;
+use crate::identity::{Identity, SpiffeId};
+use crate::metrics::Metrics;
+use crate::transport::io::MaybeTls;
+use crate::transport::listen::Handshake;
+
+/// Time allowed for the first byte and the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What requests know of their connection.
+#[derive(Clone, Debug)]
+pub struct PeerSecurity {
+    /// The client sidecar's verified identity (mTLS), else `None`.
+    pub principal: Option<Arc<SpiffeId>>,
+}
+
+impl PeerSecurity {
+    /// The `connection_security_policy` label.
+    pub fn policy_label(&self) -> &'static str {
+        if self.principal.is_some() {
+            "mutual_tls"
+        } else {
+            "none"
+        }
+    }
+}
+
+/// mTLS or plaintext per the workload's PeerAuthentication.
+#[derive(Clone, Debug)]
+pub struct InboundHandshake {
+    pub store: Arc<ConfigStore>,
+    pub identity: Option<Arc<Identity>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl InboundHandshake {
+    fn fail(&self, peer: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+        self.metrics.handshake_failure("inbound", reason);
+        tracing::debug!(%peer, reason, %detail, "inbound connection refused");
+    }
+
+    async fn tls(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TokioIo<MaybeTls>, PeerSecurity)> {
+        let Some(credentials) = self.identity.as_ref().and_then(|i| i.current()) else {
+            self.fail(
+                peer,
+                "no-local-certificate",
+                &"mTLS asked, no certificate yet",
+            );
+            return None;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server.clone());
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Err(_) => {
+                self.fail(peer, "timeout", &"TLS handshake timed out");
+                return None;
+            }
+            Ok(Err(e)) => {
+                let reason = io_failure_reason(&e);
+                self.fail(peer, reason, &e);
+                return None;
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        // The verifier accepted the chain and the id; read the id back.
+        let principal = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| identity_of(leaf, &credentials.trust_domain).ok())
+            .map(Arc::new);
+        if principal.is_none() {
+            self.fail(peer, "no-client-certificate", &"no peer identity");
+            return None;
+        }
+        let io = TokioIo::new(MaybeTls::Tls(Box::new(tls.into())));
+        Some((io, PeerSecurity { principal }))
+    }
+}
+
+impl Handshake for InboundHandshake {
+    type Io = TokioIo<MaybeTls>;
+    type Peer = PeerSecurity;
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Self::Io, Self::Peer)> {
+        let plain = |stream| {
+            Some((
+                TokioIo::new(MaybeTls::Plain(stream)),
+                PeerSecurity { principal: None },
+            ))
+        };
+        let mode = self.store.load().inbound.mtls;
+        if mode == MtlsMode::Disable {
+            return plain(stream);
+        }
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+        let is_tls = match peeked {
+            Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
+            Ok(Ok(_)) => return None, // closed before a byte
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "inbound connection failed");
+                return None;
+            }
+            Err(_) => {
+                self.fail(peer, "timeout", &"no first byte");
+                return None;
+            }
+        };
+        match (mode, is_tls) {
+            (_, true) => self.tls(stream, peer).await,
+            (MtlsMode::Permissive, false) => plain(stream),
+            (_, false) => {
+                self.fail(peer, "plaintext", &"plaintext on a STRICT listener");
+                None
+            }
+        }
+    }
+}
