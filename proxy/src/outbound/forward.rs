@@ -26,6 +26,7 @@ use crate::layers::retry::{policy_for, RetryPolicy};
 use crate::layers::timeout::{Timeout, TimeoutKind};
 use crate::metrics::Metrics;
 use crate::transport::listen::PeerAddr;
+use crate::transport::pool::into_http2_form;
 
 /// A reply the proxy makes itself instead of an upstream response.
 #[derive(Clone, Copy, Debug)]
@@ -200,19 +201,7 @@ fn prepare(
     headers::strip_hop_by_hop(&mut parts.headers);
     if destination.cluster.protocol == Protocol::Http2 {
         // HTTP/2 carries the authority as :authority, from the URI.
-        let host = parts.headers.remove(HOST);
-        let authority = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .ok_or(Reason::BadRequest)?;
-        parts.uri = Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Reason::BadRequest)?;
-        parts.version = Version::HTTP_2;
+        into_http2_form(parts, path_and_query).map_err(|_| Reason::BadRequest)?;
     } else {
         parts.uri = Uri::from(path_and_query);
         parts.version = Version::HTTP_11;

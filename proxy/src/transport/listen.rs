@@ -28,7 +28,7 @@ pub struct PeerAddr(pub SocketAddr);
 /// and what requests on it should know about it; `None` drops it.
 pub trait Handshake: Clone + Send + Sync + 'static {
     type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
-    /// Put in every request's extensions.
+    /// Put in every request's extensions ([`PeerAddr`] for plaintext).
     type Peer: Clone + Send + Sync + 'static;
 
     fn handshake(
@@ -123,7 +123,6 @@ pub async fn serve<S, H: Handshake>(
                             return;
                         };
                         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                            req.extensions_mut().insert(PeerAddr(peer));
                             req.extensions_mut().insert(info.clone());
                             inner.call(req)
                         });

@@ -289,12 +289,12 @@ impl EndpointPool {
     }
 }
 
-/// A request as HTTP/2 sends it: absolute URI, authority from `Host`.
-fn absolute_form(req: Request<RequestBody>) -> Result<Request<RequestBody>, SendError> {
-    if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
-        return Ok(req);
-    }
-    let (mut parts, body) = req.into_parts();
+/// Puts a request in the form HTTP/2 sends: an absolute `http` URI with
+/// `path`, whose authority is the `Host` header (removed) or else the URI's.
+pub fn into_http2_form(
+    parts: &mut http::request::Parts,
+    path: http::uri::PathAndQuery,
+) -> Result<(), http::Error> {
     let authority = parts
         .headers
         .remove(HOST)
@@ -308,19 +308,26 @@ fn absolute_form(req: Request<RequestBody>) -> Result<Request<RequestBody>, Send
     if let Some(authority) = authority {
         uri = uri.authority(authority);
     }
+    parts.uri = uri.path_and_query(path).build()?;
+    parts.version = Version::HTTP_2;
+    Ok(())
+}
+
+/// `req` in HTTP/2 form (an HTTP/1.1 request from the app, say).
+fn absolute_form(req: Request<RequestBody>) -> Result<Request<RequestBody>, SendError> {
+    if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = uri
-        .path_and_query(path)
-        .build()
-        .map_err(|e| SendError::Connect {
-            endpoint: String::new(),
-            reason: format!("request URI: {e}"),
-        })?;
-    parts.version = Version::HTTP_2;
+    into_http2_form(&mut parts, path).map_err(|e| SendError::Connect {
+        endpoint: String::new(),
+        reason: format!("request URI: {e}"),
+    })?;
     Ok(Request::from_parts(parts, body))
 }
 
