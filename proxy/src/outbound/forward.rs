@@ -1,7 +1,8 @@
 //! Sends a routed request to its destination through the route's
 //! policies: fault injection, then route timeout -> pool limits -> retries
 //! -> per-try timeout -> balancer -> outlier detection -> the endpoint's
-//! client (`endpoint::Upstream`).
+//! client (`endpoint::Upstream`). On a retried route the route timeout is a
+//! deadline kept by the per-try timeout and the retry backoff.
 
 use std::sync::Arc;
 
@@ -19,11 +20,11 @@ use super::local_reply::Reason;
 use crate::body::{self, ProxyBody, RequestBody, REPLAY_LIMIT};
 use crate::discovery::cluster::HashPolicy;
 use crate::discovery::model::{Route, WeightedCluster};
-use crate::layers::balance::{stable_hash, Balance, HashKey, Tried};
+use crate::layers::balance::{stable_hash, Balance};
 use crate::layers::breaker::{Breaker, Overflow};
 use crate::layers::outlier::Outlier;
 use crate::layers::retry::{policy_for, RetryPolicy};
-use crate::layers::timeout::{Timeout, TimeoutKind};
+use crate::layers::timeout::{Deadline, Timeout, TimeoutKind};
 use crate::metrics::Metrics;
 use crate::transport::listen::PeerAddr;
 use crate::transport::pool::into_http2_form;
@@ -90,32 +91,33 @@ impl Forward {
                 rest: incoming,
             },
         };
-        let mut upstream = Request::from_parts(parts, body);
-        if route.retry.is_some() {
-            upstream.extensions_mut().insert(Tried::default());
-        }
-        if let Some(policy) = &destination.cluster.hash {
-            if let Some(key) = hash_key(policy, &upstream) {
-                upstream.extensions_mut().insert(HashKey(key));
-            }
-        }
-
+        let upstream = Request::from_parts(parts, body);
         let cluster = &destination.cluster;
+        let key = cluster.hash.as_ref().and_then(|p| hash_key(p, &upstream));
         let endpoint = Balance::new(
             Outlier::new(Upstream::new(cluster.clone()), cluster.outlier.clone()),
             cluster.targets.clone(),
-        );
-        let retried = match &route.retry {
+        )
+        .for_request(key, route.retry.is_some());
+        // With retries, the route timeout is kept by each attempt's timer and
+        // the backoff (one timer per attempt, not two); without, by its own.
+        let (retried, route_timeout) = match &route.retry {
             Some(retry) => {
-                let policy: RetryPolicy = policy_for(retry, replay_safe, cluster, &self.metrics);
-                let per_try = Timeout::new(endpoint, retry.per_try_timeout, TimeoutKind::PerTry);
-                Either::Left(tower::retry::Retry::new(policy, per_try))
+                let deadline = route.timeout.map(Deadline::after);
+                let policy: RetryPolicy =
+                    policy_for(retry, replay_safe, cluster, &self.metrics, deadline);
+                let per_try = Timeout::new(endpoint, retry.per_try_timeout, TimeoutKind::PerTry)
+                    .within(deadline);
+                (
+                    Either::Left(tower::retry::Retry::new(policy, per_try)),
+                    None,
+                )
             }
-            None => Either::Right(endpoint),
+            None => (Either::Right(endpoint), route.timeout),
         };
         // A pool slot is held for the whole request, until its response body ends.
         let limited = Breaker::new(retried, cluster.pool.clone());
-        let stack = Timeout::new(limited, route.timeout, TimeoutKind::Route);
+        let stack = Timeout::new(limited, route_timeout, TimeoutKind::Route);
         let resp = stack.oneshot(upstream).await.map_err(|e| {
             if e.is::<Overflow>() {
                 self.metrics.overflow(&cluster.service, &cluster.subset);

@@ -6,6 +6,8 @@
 //! and the default: power of two choices on peak-EWMA latency × in-flight
 //! requests. Ejected endpoints are skipped unless every endpoint is out
 //! (panic mode); a retry avoids the endpoints its request already tried.
+//! The per-request state (hash key, endpoints tried) lives in the service,
+//! not in request extensions: a `Balance` is built for each request.
 //!
 //! Not `tower::balance`: its `Balance` is driven through `&mut self` and
 //! must sit behind a `Buffer` (one more task hop per request) to be shared
@@ -24,7 +26,7 @@ pub use layer::BalanceLayer;
 pub use load::EndpointLoad;
 pub use ring::{stable_hash, Ring};
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -61,19 +63,19 @@ pub struct Selected {
     pub panic: bool,
 }
 
-/// Endpoints a request has been sent to, shared by its attempts: a bit per
-/// endpoint index (modulo 64, so past 64 endpoints a retry may avoid an
-/// endpoint it did not try; it never fails for it).
-#[derive(Clone, Debug, Default)]
-pub struct Tried(Arc<AtomicU64>);
+/// Endpoints a request has been sent to: a bit per endpoint index (modulo
+/// 64, so past 64 endpoints a retry may avoid an endpoint it did not try;
+/// it never fails for it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tried(u64);
 
 impl Tried {
-    fn contains(&self, index: usize) -> bool {
-        self.0.load(Ordering::Relaxed) & bit(index) != 0
+    fn contains(self, index: usize) -> bool {
+        self.0 & bit(index) != 0
     }
 
-    fn push(&self, index: usize) {
-        self.0.fetch_or(bit(index), Ordering::Relaxed);
+    fn push(&mut self, index: usize) {
+        self.0 |= bit(index);
     }
 }
 
@@ -81,15 +83,11 @@ fn bit(index: usize) -> u64 {
     1 << (index % 64)
 }
 
-/// The consistent-hash key of a request, computed once per request.
-#[derive(Clone, Copy, Debug)]
-pub struct HashKey(pub u64);
-
 impl Targets {
     /// Picks an endpoint for one attempt: among available endpoints, those
     /// not yet `tried` by this request when there are any; when every
     /// endpoint is ejected, among all (panic mode).
-    pub fn select(&self, key: Option<u64>, tried: Option<&Tried>) -> Option<Selected> {
+    pub fn select(&self, key: Option<u64>, tried: Option<Tried>) -> Option<Selected> {
         let n = self.loads.len();
         let now = Instant::now();
         let load = |i: usize| &*self.loads[i];
@@ -118,11 +116,30 @@ impl Targets {
 pub struct Balance<S> {
     inner: S,
     targets: Arc<Targets>,
+    /// The request's consistent-hash key.
+    key: Option<u64>,
+    /// Endpoints tried by the calls of this service. A clone starts from
+    /// those tried so far: tower's `Retry` clones the service after the
+    /// first attempt and makes every retry through that clone.
+    tried: Option<Tried>,
 }
 
 impl<S> Balance<S> {
     pub fn new(inner: S, targets: Arc<Targets>) -> Self {
-        Self { inner, targets }
+        Self {
+            inner,
+            targets,
+            key: None,
+            tried: None,
+        }
+    }
+
+    /// The balancer of one request: `key` is its consistent-hash key; with
+    /// `retried`, each call avoids the endpoints the earlier calls went to.
+    pub fn for_request(mut self, key: Option<u64>, retried: bool) -> Self {
+        self.key = key;
+        self.tried = retried.then(Tried::default);
+        self
     }
 }
 
@@ -140,12 +157,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let key = req.extensions().get::<HashKey>().map(|k| k.0);
-        let tried = req.extensions().get::<Tried>();
-        let Some(selected) = self.targets.select(key, tried) else {
+        let Some(selected) = self.targets.select(self.key, self.tried) else {
             return ResponseFuture::no_endpoint();
         };
-        if let Some(tried) = tried {
+        if let Some(tried) = &mut self.tried {
             tried.push(selected.index);
         }
         if selected.panic {
@@ -268,7 +283,7 @@ mod tests {
         use super::super::*;
         use crate::layers::outlier::{Outcome, OutlierConfig};
         use http::Response;
-        use tower::{Layer, ServiceExt};
+        use tower::{Layer, Service, ServiceExt};
         use tower_test::mock;
 
         fn targets(n: usize, outlier: bool) -> Arc<Targets> {
@@ -339,12 +354,15 @@ mod tests {
             let (svc, mut handle) = mock::pair::<Request<()>, Response<()>>();
             let svc = Balance::new(svc, targets);
             for _ in 0..20 {
-                let tried = Tried::default();
+                let mut request = svc.clone().for_request(None, true);
                 let mut picks = Vec::new();
                 for _ in 0..4 {
-                    let mut req = Request::new(());
-                    req.extensions_mut().insert(tried.clone());
-                    picks.push(send(&svc, &mut handle, req).await);
+                    let call = request.ready().await.expect("ready").call(Request::new(()));
+                    let call = tokio::spawn(call);
+                    let (req, reply) = handle.next_request().await.expect("request");
+                    reply.send_response(Response::new(()));
+                    call.await.expect("task").expect("answered");
+                    picks.push(req.extensions().get::<Picked>().expect("marked").0);
                 }
                 let mut first3 = picks[..3].to_vec();
                 first3.sort_unstable();

@@ -21,6 +21,7 @@ pub fn policy_for(
     replay_safe: bool,
     cluster: &crate::discovery::Cluster,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    deadline: Option<crate::layers::timeout::Deadline>,
 ) -> RetryPolicy {
     RetryPolicy::new(
         retry.retries,
@@ -30,4 +31,5 @@ pub fn policy_for(
         metrics.clone(),
     )
     .with_gate(cluster.retry_gate.clone())
+    .within(deadline)
 }

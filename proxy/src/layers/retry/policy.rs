@@ -10,8 +10,8 @@ use tokio::time::Sleep;
 
 use super::{RetryBudget, RetryConditions};
 use crate::body::{BoxError, RequestBody};
-use crate::layers::balance::{HashKey, Tried};
 use crate::layers::breaker::RetryGate;
+use crate::layers::timeout::Deadline;
 use crate::metrics::Metrics;
 use crate::outbound::local_reply::{LocalError, Reason};
 
@@ -32,6 +32,8 @@ pub struct RetryPolicy {
     gate: Option<Arc<RetryGate>>,
     /// This request holds a slot of `gate` (a retry is in flight).
     holding: bool,
+    /// The route's deadline: no backoff runs past it.
+    deadline: Option<Deadline>,
 }
 
 impl Clone for RetryPolicy {
@@ -45,6 +47,7 @@ impl Clone for RetryPolicy {
             metrics: self.metrics.clone(),
             gate: self.gate.clone(),
             holding: false, // a slot belongs to the copy that took it
+            deadline: self.deadline,
         }
     }
 }
@@ -74,7 +77,16 @@ impl RetryPolicy {
             metrics,
             gate: None,
             holding: false,
+            deadline: None,
         }
+    }
+
+    /// Keeps the backoff within the route's `deadline`: a retry that would
+    /// start after it waits for it instead, and its attempt (given the same
+    /// deadline) then fails as a route timeout without being sent.
+    pub fn within(mut self, deadline: Option<Deadline>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Limits concurrent retries to the destination with `gate`.
@@ -123,6 +135,12 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
         if !self.replay_safe && !reason.never_reached_upstream() {
             return None;
         }
+        let wait = backoff(self.attempt + 1);
+        if let Some(deadline) = self.deadline.filter(|_| self.remaining > 0) {
+            if tokio::time::Instant::now() + wait >= deadline.at {
+                return Some(tokio::time::sleep_until(deadline.at));
+            }
+        }
         if self.remaining == 0 || !self.budget.withdraw() {
             // An upstream answer is returned as it is; a failure says why.
             if result.is_err() {
@@ -140,7 +158,7 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
         self.remaining -= 1;
         self.attempt += 1;
         self.metrics.retry(reason.as_str());
-        Some(tokio::time::sleep(backoff(self.attempt)))
+        Some(tokio::time::sleep(wait))
     }
 
     fn clone_request(&mut self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
@@ -152,12 +170,6 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
         *clone.uri_mut() = req.uri().clone();
         *clone.version_mut() = req.version();
         *clone.headers_mut() = req.headers().clone();
-        if let Some(tried) = req.extensions().get::<Tried>() {
-            clone.extensions_mut().insert(tried.clone());
-        }
-        if let Some(key) = req.extensions().get::<HashKey>() {
-            clone.extensions_mut().insert(*key);
-        }
         Some(clone)
     }
 }
@@ -272,6 +284,79 @@ mod tests {
         let p = policy(3, &["5xx"], true, ample()).with_gate(Some(gate.clone()));
         assert_eq!(run(vec![503, 200], p).await, (200, 2));
         assert!(gate.enter(), "the slot was given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_end_at_the_route_deadline() {
+        use crate::layers::timeout::{Deadline, Elapsed, Timeout, TimeoutKind};
+        // Backends failing at once (backoffs decide when the deadline comes)
+        // and failing after 60 ms (an attempt is cut short by it): either
+        // way the request ends exactly at the deadline, as a route timeout.
+        for latency in [0, 60] {
+            let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = calls.clone();
+            let backend = tower::service_fn(move |_req: Request<RequestBody>| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                    let mut resp = Response::new(());
+                    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Ok::<_, BoxError>(resp)
+                }
+            });
+            let deadline = Some(Deadline::after(Duration::from_millis(100)));
+            let per_try = Timeout::new(backend, Some(Duration::from_secs(1)), TimeoutKind::PerTry)
+                .within(deadline);
+            let p = policy(50, &["5xx"], true, ample()).within(deadline);
+            let started = tokio::time::Instant::now();
+            let err = tower::retry::Retry::new(p, per_try)
+                .oneshot(Request::new(RequestBody::empty()))
+                .await
+                .expect_err("the deadline passes first");
+            let elapsed = err.downcast_ref::<Elapsed>().expect("an Elapsed error");
+            assert_eq!(elapsed.kind, TimeoutKind::Route, "latency {latency}");
+            assert_eq!(started.elapsed(), Duration::from_millis(100));
+            assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_retry_goes_to_an_endpoint_not_yet_tried() {
+        use crate::layers::balance::{Balance, Balancer, Picked, Targets};
+        // Random picks would repeat an endpoint within three attempts in
+        // most of these requests; only the tried set keeps them apart. It
+        // rides in the service, which tower's Retry clones after the first
+        // attempt: this fails if that order ever changes.
+        let targets = Arc::new(Targets {
+            balancer: Balancer::Random,
+            loads: (0..3).map(|_| Arc::default()).collect(),
+            health: None,
+            panic: prometheus_client::metrics::counter::Counter::default(),
+        });
+        let picks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = picks.clone();
+        let endpoints = tower::service_fn(move |req: Request<RequestBody>| {
+            let picked = req.extensions().get::<Picked>().expect("picked").0;
+            seen.lock().expect("lock").push(picked);
+            async move {
+                let mut resp = Response::new(());
+                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, BoxError>(resp)
+            }
+        });
+        for _ in 0..20 {
+            picks.lock().expect("lock").clear();
+            let balance = Balance::new(endpoints.clone(), targets.clone()).for_request(None, true);
+            let retry = tower::retry::Retry::new(policy(2, &["5xx"], true, ample()), balance);
+            let resp = retry
+                .oneshot(Request::new(RequestBody::empty()))
+                .await
+                .expect("a response");
+            assert_eq!(resp.status(), 503);
+            let mut tried = picks.lock().expect("lock").clone();
+            tried.sort_unstable();
+            assert_eq!(tried, [0, 1, 2], "three attempts, three endpoints");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::{Elapsed, TimeoutKind};
 use crate::body::BoxError;
@@ -15,8 +15,9 @@ pin_project! {
     /// Resolves to the inner result, or to [`Elapsed`] when the sleep wins.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
+        // `None`: the deadline had passed before the call; nothing was sent.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         #[pin]
         sleep: Option<Sleep>,
         after: Duration,
@@ -24,13 +25,31 @@ pin_project! {
     }
 }
 
+/// When a call expires, and what its expiry is reported as.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Expiry {
+    pub at: Instant,
+    pub kind: TimeoutKind,
+    pub after: Duration,
+}
+
 impl<F> ResponseFuture<F> {
-    pub(super) fn new(inner: F, timeout: Option<Duration>, kind: TimeoutKind) -> Self {
+    pub(super) fn new(inner: F, expiry: Option<Expiry>) -> Self {
         Self {
-            inner,
-            sleep: timeout.map(tokio::time::sleep),
-            after: timeout.unwrap_or_default(),
-            kind,
+            inner: Some(inner),
+            sleep: expiry.map(|e| tokio::time::sleep_until(e.at)),
+            after: expiry.map_or(Duration::ZERO, |e| e.after),
+            kind: expiry.map_or(TimeoutKind::Route, |e| e.kind),
+        }
+    }
+
+    /// Fails at once with the expiry `e`.
+    pub(super) fn expired(e: Expiry) -> Self {
+        Self {
+            inner: None,
+            sleep: None,
+            after: e.after,
+            kind: e.kind,
         }
     }
 }
@@ -44,15 +63,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
-        }
-        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed {
+        let elapsed = || {
+            Poll::Ready(Err(Elapsed {
                 kind: *this.kind,
                 after: *this.after,
             }
-            .into())),
+            .into()))
+        };
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return elapsed();
+        };
+        if let Poll::Ready(result) = inner.poll(cx) {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => elapsed(),
             _ => Poll::Pending,
         }
     }

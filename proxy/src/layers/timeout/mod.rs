@@ -2,6 +2,11 @@
 //! future is dropped — which cancels the upstream request — and the call
 //! fails with [`Elapsed`]. Used twice: the route timeout around the retries,
 //! and the per-try timeout around each attempt.
+//!
+//! A retried request has one timer per attempt, not two: the route's
+//! [`Deadline`] is then kept by each attempt's timeout (an attempt ends at
+//! the earlier of its own timeout and the deadline, and reports which) and
+//! by the retry backoff, and the route layer sets no timer of its own.
 
 mod error;
 mod future;
@@ -10,7 +15,10 @@ mod layer;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 pub use error::{Elapsed, TimeoutKind};
+use future::Expiry;
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
 
@@ -22,6 +30,33 @@ pub struct Timeout<S> {
     inner: S,
     timeout: Option<Duration>,
     kind: TimeoutKind,
+    deadline: Option<Deadline>,
+}
+
+/// The end of a request's route timeout, fixed when the request is routed.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    /// The route timeout, for [`Elapsed`].
+    pub after: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            after: timeout,
+        }
+    }
+
+    fn expiry(self) -> Expiry {
+        Expiry {
+            at: self.at,
+            kind: TimeoutKind::Route,
+            after: self.after,
+        }
+    }
 }
 
 impl<S> Timeout<S> {
@@ -31,6 +66,28 @@ impl<S> Timeout<S> {
             inner,
             timeout,
             kind,
+            deadline: None,
+        }
+    }
+
+    /// Also ends every call at `deadline`, reported as a route timeout. A
+    /// call made after the deadline fails at once, without calling `inner`.
+    pub fn within(mut self, deadline: Option<Deadline>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The earlier of this call's own timeout and the deadline.
+    fn expiry(&self, now: Instant) -> Option<Expiry> {
+        let own = self.timeout.map(|after| Expiry {
+            at: now + after,
+            kind: self.kind,
+            after,
+        });
+        match (own, self.deadline) {
+            (Some(own), Some(d)) if d.at < own.at => Some(d.expiry()),
+            (None, Some(d)) => Some(d.expiry()),
+            (own, _) => own,
         }
     }
 }
@@ -49,7 +106,14 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.timeout, self.kind)
+        if self.timeout.is_none() && self.deadline.is_none() {
+            return ResponseFuture::new(self.inner.call(req), None);
+        }
+        let now = Instant::now();
+        match self.expiry(now) {
+            Some(e) if e.at <= now => ResponseFuture::expired(e),
+            expiry => ResponseFuture::new(self.inner.call(req), expiry),
+        }
     }
 }
 
@@ -90,6 +154,49 @@ mod tests {
             dropped.load(std::sync::atomic::Ordering::SeqCst),
             "inner call not cancelled"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_ends_the_call_as_a_route_timeout() {
+        let (svc, mut handle) = mock::pair::<&str, &str>();
+        let deadline = Deadline::after(Duration::from_millis(300));
+        let svc = Timeout::new(svc, Some(Duration::from_secs(1)), TimeoutKind::PerTry)
+            .within(Some(deadline));
+        let started = tokio::time::Instant::now();
+        let call = tokio::spawn(svc.oneshot("req"));
+        let _pending = handle.next_request().await.expect("request");
+        let err = call.await.expect("task").expect_err("times out");
+        let elapsed = err.downcast_ref::<Elapsed>().expect("an Elapsed error");
+        assert_eq!(elapsed.kind, TimeoutKind::Route);
+        assert_eq!(elapsed.after, Duration::from_millis(300));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_after_the_deadline_fails_without_being_made() {
+        let (svc, mut handle) = mock::pair::<&str, &str>();
+        let deadline = Deadline::after(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let svc = Timeout::new(svc, Some(Duration::from_secs(1)), TimeoutKind::PerTry)
+            .within(Some(deadline));
+        let err = svc.oneshot("req").await.expect_err("already late");
+        let elapsed = err.downcast_ref::<Elapsed>().expect("an Elapsed error");
+        assert_eq!(elapsed.kind, TimeoutKind::Route);
+        // The mock is gone: a request it received would still be queued.
+        assert!(
+            matches!(futures_poll_once(handle.next_request()), Some(None)),
+            "the inner service was called"
+        );
+    }
+
+    /// Polls `f` once: `Some` if it was ready.
+    fn futures_poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match std::pin::pin!(f).poll(&mut cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
     }
 
     #[tokio::test(start_paused = true)]
