@@ -11,12 +11,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// A port on 127.0.0.1 free at the time of the call.
+/// A port on 127.0.0.1 free at the time of the call, and never handed out
+/// twice in one test process. It lies below the kernel's ephemeral range,
+/// so between this call and the server's bind no outgoing connection (a
+/// proxy dialling, a test client) can be given it as its local port: with
+/// the OS's own pick (`bind :0`) that happened when tests ran in parallel.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the OS hands out an ephemeral port")
+    const FIRST: u32 = 10_000;
+    static NEXT: OnceLock<AtomicUsize> = OnceLock::new();
+    let end = ephemeral_start().max(FIRST + 1000);
+    let span = end - FIRST;
+    // Start where another test process (started at another time) is unlikely to be.
+    let next = NEXT
+        .get_or_init(|| AtomicUsize::new((std::process::id().wrapping_mul(7919) % span) as usize));
+    for _ in 0..span {
+        let port = FIRST + (next.fetch_add(1, Ordering::Relaxed) as u32 % span);
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{end}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 unless changed).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+        .min(65_535)
 }
 
 /// `127.0.0.1:<free port>`.
