@@ -176,25 +176,25 @@ TRELLIS_LOADED_RSS=$(awk '/^VmHWM/ {print $2}' /proc/$TRELLIS_PID/status)
 # control's ratio shows what "no difference" measures as.
 cpu_ns() { local s=0 t; for t in /proc/$1/task/*/schedstat; do s=$((s + $(cut -d' ' -f1 "$t"))); done; echo "$s"; }
 ROUNDS=${ROUNDS:-7}
+PROXIES=("$TRELLIS $TRELLIS_PID" "$RESILIENT $RESILIENT_PID" "$CONTROL $CONTROL_PID")
+declare -A BEFORE=() PER_REQ=()
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 PAIR_RATIOS=(); CONTROL_RATIOS=()
 for _ in $(seq "$ROUNDS"); do
-    declare -A before=() after=() count=()
-    for pid in $TRELLIS_PID $RESILIENT_PID $CONTROL_PID; do before[$pid]=$(cpu_ns "$pid"); done
     wrks=()
-    for pp in "$TRELLIS $TRELLIS_PID" "$RESILIENT $RESILIENT_PID" "$CONTROL $CONTROL_PID"; do
+    for pp in "${PROXIES[@]}"; do
         set -- $pp
+        BEFORE[$2]=$(cpu_ns "$2")
         taskset -c 1 wrk -t1 -c10 -d"${DURATION}s" -s "$WORK/pace.lua" -H 'Host: bench' "http://127.0.0.1:$1/" > "$WORK/wrk.$2" &
         wrks+=($!)
     done
     wait "${wrks[@]}"
-    for pid in $TRELLIS_PID $RESILIENT_PID $CONTROL_PID; do
-        after[$pid]=$(cpu_ns "$pid")
-        count[$pid]=$(awk '/requests in/ {print $1}' "$WORK/wrk.$pid")
+    for pp in "${PROXIES[@]}"; do
+        set -- $pp
+        PER_REQ[$2]=$(div $(( $(cpu_ns "$2") - BEFORE[$2] )) "$(awk '/requests in/ {print $1}' "$WORK/wrk.$2")")
     done
-    per_req() { awk -v d=$((after[$1] - before[$1])) -v n="${count[$1]}" 'BEGIN { printf "%.4f", d / n }'; }
-    plain=$(per_req "$TRELLIS_PID")
-    PAIR_RATIOS+=("$(awk -v a="$(per_req "$RESILIENT_PID")" -v b="$plain" 'BEGIN { printf "%.3f", a / b }')")
-    CONTROL_RATIOS+=("$(awk -v a="$(per_req "$CONTROL_PID")" -v b="$plain" 'BEGIN { printf "%.3f", a / b }')")
+    PAIR_RATIOS+=("$(div "${PER_REQ[$RESILIENT_PID]}" "${PER_REQ[$TRELLIS_PID]}")")
+    CONTROL_RATIOS+=("$(div "${PER_REQ[$CONTROL_PID]}" "${PER_REQ[$TRELLIS_PID]}")")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 RESILIENCE_RATIO=$(median "${PAIR_RATIOS[@]}")

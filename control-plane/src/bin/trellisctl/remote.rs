@@ -67,6 +67,19 @@ impl Server {
             }
         }
     }
+
+    /// Writes `changes` as one operator-API transaction, as `trellisctl`.
+    async fn write(&self, changes: Vec<api::Change>) -> Result<api::WriteReply, Status> {
+        let request = api::WriteRequest {
+            changes,
+            source: "cli".into(),
+        };
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.write(r).await }
+        })
+        .await
+    }
 }
 
 fn retriable(s: &Status) -> bool {
@@ -96,17 +109,7 @@ pub async fn apply(server: &Server, args: &ApplyArgs) -> ExitCode {
         Err(code) => return code,
     };
     let count = changes.len();
-    let request = api::WriteRequest {
-        changes,
-        source: "cli".into(),
-    };
-    match server
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.write(r).await }
-        })
-        .await
-    {
+    match server.write(changes).await {
         Ok(reply) => {
             let what = if reply.changed {
                 "applied"
@@ -194,17 +197,7 @@ pub async fn delete(server: &Server, args: &DeleteArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let request = api::WriteRequest {
-        changes,
-        source: "cli".into(),
-    };
-    match server
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.write(r).await }
-        })
-        .await
-    {
+    match server.write(changes).await {
         Ok(reply) if reply.changed => {
             out!("deleted; config version {}", reply.index);
             ExitCode::SUCCESS

@@ -315,13 +315,14 @@ mod tests {
             );
         }
 
-        /// Sends `req` through `svc`, answers it, and returns the endpoint it went to.
+        /// Sends `req` through `svc` (itself, not a clone: it keeps the
+        /// endpoints tried), answers it, and returns the endpoint it went to.
         async fn send(
-            svc: &Balance<mock::Mock<Request<()>, Response<()>>>,
+            svc: &mut Balance<mock::Mock<Request<()>, Response<()>>>,
             handle: &mut mock::Handle<Request<()>, Response<()>>,
             req: Request<()>,
         ) -> usize {
-            let call = tokio::spawn(svc.clone().oneshot(req));
+            let call = tokio::spawn(svc.ready().await.expect("ready").call(req));
             let (req, reply) = handle.next_request().await.expect("request");
             reply.send_response(Response::new(()));
             call.await.expect("task").expect("answered");
@@ -332,17 +333,17 @@ mod tests {
         async fn skips_ejected_endpoints_until_all_are_out() {
             let targets = targets(3, true);
             let (svc, mut handle) = mock::pair::<Request<()>, Response<()>>();
-            let svc = BalanceLayer::new(targets.clone()).layer(svc);
+            let mut svc = BalanceLayer::new(targets.clone()).layer(svc);
             eject(&targets, 0);
             for _ in 0..30 {
-                assert_ne!(send(&svc, &mut handle, Request::new(())).await, 0);
+                assert_ne!(send(&mut svc, &mut handle, Request::new(())).await, 0);
             }
             assert_eq!(targets.panic.get(), 0);
             eject(&targets, 1);
             eject(&targets, 2);
             let mut seen = [false; 3];
             for _ in 0..30 {
-                seen[send(&svc, &mut handle, Request::new(())).await] = true;
+                seen[send(&mut svc, &mut handle, Request::new(())).await] = true;
             }
             assert_eq!(seen, [true; 3], "panic mode sends to every endpoint");
             assert_eq!(targets.panic.get(), 30);
@@ -357,12 +358,7 @@ mod tests {
                 let mut request = svc.clone().for_request(None, true);
                 let mut picks = Vec::new();
                 for _ in 0..4 {
-                    let call = request.ready().await.expect("ready").call(Request::new(()));
-                    let call = tokio::spawn(call);
-                    let (req, reply) = handle.next_request().await.expect("request");
-                    reply.send_response(Response::new(()));
-                    call.await.expect("task").expect("answered");
-                    picks.push(req.extensions().get::<Picked>().expect("marked").0);
+                    picks.push(send(&mut request, &mut handle, Request::new(())).await);
                 }
                 let mut first3 = picks[..3].to_vec();
                 first3.sort_unstable();

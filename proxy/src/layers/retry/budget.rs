@@ -15,8 +15,7 @@ const BUCKETS: usize = 10;
 pub struct RetryBudget {
     ratio: f64,
     min_per_sec: f64,
-    bucket: Duration,
-    /// `bucket` in nanoseconds (at least 1), for the per-request index.
+    /// Length of a bucket in nanoseconds (at least 1).
     bucket_ns: u64,
     created: Instant,
     window: Mutex<Window>,
@@ -36,10 +35,7 @@ impl RetryBudget {
         Self {
             ratio: f64::from(ratio),
             min_per_sec: f64::from(min_per_sec),
-            bucket: ttl / BUCKETS as u32,
-            bucket_ns: u64::try_from((ttl / BUCKETS as u32).as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            bucket_ns: nanos(ttl / BUCKETS as u32).max(1),
             created: Instant::now(),
             window: Mutex::new(Window::default()),
         }
@@ -56,7 +52,8 @@ impl RetryBudget {
         // older buckets plus the elapsed part of the current one.
         let elapsed = self.created.elapsed();
         let into_current = Duration::from_nanos(nanos(elapsed) % self.bucket_ns);
-        let span = (self.bucket * (BUCKETS as u32 - 1) + into_current).min(elapsed);
+        let older = Duration::from_nanos(self.bucket_ns * (BUCKETS as u64 - 1));
+        let span = (older + into_current).min(elapsed);
         let floor = self.min_per_sec * span.as_secs_f64();
         self.with_window(|w, i| {
             let requests: u64 = w.requests.iter().sum();

@@ -136,8 +136,8 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
             return None;
         }
         let wait = backoff(self.attempt + 1);
-        if let Some(deadline) = self.deadline.filter(|_| self.remaining > 0) {
-            if tokio::time::Instant::now() + wait >= deadline.at {
+        if let Some(deadline) = self.deadline {
+            if self.remaining > 0 && tokio::time::Instant::now() + wait >= deadline.at {
                 return Some(tokio::time::sleep_until(deadline.at));
             }
         }

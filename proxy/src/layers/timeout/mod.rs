@@ -120,6 +120,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use tower::ServiceExt;
     use tower_test::mock;
 
@@ -184,19 +185,9 @@ mod tests {
         assert_eq!(elapsed.kind, TimeoutKind::Route);
         // The mock is gone: a request it received would still be queued.
         assert!(
-            matches!(futures_poll_once(handle.next_request()), Some(None)),
+            matches!(handle.next_request().now_or_never(), Some(None)),
             "the inner service was called"
         );
-    }
-
-    /// Polls `f` once: `Some` if it was ready.
-    fn futures_poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        match std::pin::pin!(f).poll(&mut cx) {
-            Poll::Ready(v) => Some(v),
-            Poll::Pending => None,
-        }
     }
 
     #[tokio::test(start_paused = true)]
