@@ -30,7 +30,7 @@ cargo build --release -q -p trellis-proxy
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(port); TRELLIS=$(port); TRELLIS_ADMIN=$(port); NGINX=$(port); HAPROXY=$(port)
-RESILIENT=$(port); RESILIENT_ADMIN=$(port); CONTROL=$(port); CONTROL_ADMIN=$(port)
+RESILIENT=$(port); RESILIENT_ADMIN=$(port)
 
 # --- backend: nginx, one worker, core 1 -----------------------------------
 mkdir -p "$WORK/backend" "$WORK/nginx"
@@ -57,10 +57,6 @@ spec:
 CONF
 TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/rules.yaml" \
     --outbound-addr 127.0.0.1:$TRELLIS --admin-addr 127.0.0.1:$TRELLIS_ADMIN & TRELLIS_PID=$!; PIDS+=($TRELLIS_PID)
-
-# A second plain trellis-proxy: the control of the resilience comparison.
-TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/rules.yaml" \
-    --outbound-addr 127.0.0.1:$CONTROL --admin-addr 127.0.0.1:$CONTROL_ADMIN & CONTROL_PID=$!; PIDS+=($CONTROL_PID)
 
 # --- trellis-proxy with timeout, retries, outlier detection, least-request --
 cp "$WORK/rules.yaml" "$WORK/resilient.yaml"
@@ -119,12 +115,11 @@ backend be
 CONF
 taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 
-for p in $BACKEND $TRELLIS $RESILIENT $CONTROL $NGINX $HAPROXY; do
+for p in $BACKEND $TRELLIS $RESILIENT $NGINX $HAPROXY; do
     for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TRELLIS_ADMIN/ready" >/dev/null && break; sleep 0.1; done
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RESILIENT_ADMIN/ready" >/dev/null && break; sleep 0.1; done
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$CONTROL_ADMIN/ready" >/dev/null && break; sleep 0.1; done
 curl -sf -H 'Host: bench' "http://127.0.0.1:$TRELLIS/" >/dev/null || { echo "trellis-proxy does not route" >&2; exit 1; }
 curl -sf -H 'Host: bench' "http://127.0.0.1:$RESILIENT/" >/dev/null || { echo "trellis-proxy (resilient) does not route" >&2; exit 1; }
 
@@ -172,29 +167,44 @@ TRELLIS_LOADED_RSS=$(awk '/^VmHWM/ {print $2}' /proc/$TRELLIS_PID/status)
 # by ~20% here, more than the 5% to be resolved. So the plain proxy, the
 # resilient one and a second plain one (the control) take the same paced
 # load at the same time, on the same core, and each round compares their
-# CPU per request: whatever disturbs the machine disturbs all three. The
+# CPU per request: whatever disturbs the machine disturbs all three. And
+# each round starts three new processes, in a rotating order: one process
+# stays a few % faster or slower than its twin for its whole life (where its
+# memory landed), which rounds on the same processes would all repeat. The
 # control's ratio shows what "no difference" measures as.
 cpu_ns() { local s=0 t; for t in /proc/$1/task/*/schedstat; do s=$((s + $(cut -d' ' -f1 "$t"))); done; echo "$s"; }
-ROUNDS=${ROUNDS:-7}
-PROXIES=("$TRELLIS $TRELLIS_PID" "$RESILIENT $RESILIENT_PID" "$CONTROL $CONTROL_PID")
-declare -A BEFORE=() PER_REQ=()
 div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+paced() { # port seconds
+    taskset -c 1 wrk -t1 -c10 -d"$2s" -s "$WORK/pace.lua" -H 'Host: bench' "http://127.0.0.1:$1/"
+}
+ROUNDS=${ROUNDS:-9}
+CONFIGS=(rules resilient rules) # plain, resilient, control
 PAIR_RATIOS=(); CONTROL_RATIOS=()
-for _ in $(seq "$ROUNDS"); do
+for round in $(seq "$ROUNDS"); do
+    ports=(); admins=(); pids=()
+    for k in 0 1 2; do ports+=("$(port)"); admins+=("$(port)"); pids+=(0); done
+    for step in 0 1 2; do
+        k=$(( (step + round) % 3 ))
+        TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/${CONFIGS[$k]}.yaml" \
+            --outbound-addr "127.0.0.1:${ports[$k]}" --admin-addr "127.0.0.1:${admins[$k]}" & pids[$k]=$!; PIDS+=($!)
+    done
+    for k in 0 1 2; do
+        for _ in $(seq 100); do curl -sf "http://127.0.0.1:${admins[$k]}/ready" >/dev/null && break; sleep 0.1; done
+    done
     wrks=()
-    for pp in "${PROXIES[@]}"; do
-        set -- $pp
-        BEFORE[$2]=$(cpu_ns "$2")
-        taskset -c 1 wrk -t1 -c10 -d"${DURATION}s" -s "$WORK/pace.lua" -H 'Host: bench' "http://127.0.0.1:$1/" > "$WORK/wrk.$2" &
-        wrks+=($!)
-    done
+    for k in 0 1 2; do paced "${ports[$k]}" 1 >/dev/null & wrks+=($!); done # warm-up
     wait "${wrks[@]}"
-    for pp in "${PROXIES[@]}"; do
-        set -- $pp
-        PER_REQ[$2]=$(div $(( $(cpu_ns "$2") - BEFORE[$2] )) "$(awk '/requests in/ {print $1}' "$WORK/wrk.$2")")
+    wrks=(); before=()
+    for k in 0 1 2; do before+=("$(cpu_ns "${pids[$k]}")"); done
+    for k in 0 1 2; do paced "${ports[$k]}" "$DURATION" > "$WORK/wrk.$k" & wrks+=($!); done
+    wait "${wrks[@]}"
+    per_req=()
+    for k in 0 1 2; do
+        per_req+=("$(div $(( $(cpu_ns "${pids[$k]}") - before[k] )) "$(awk '/requests in/ {print $1}' "$WORK/wrk.$k")")")
     done
-    PAIR_RATIOS+=("$(div "${PER_REQ[$RESILIENT_PID]}" "${PER_REQ[$TRELLIS_PID]}")")
-    CONTROL_RATIOS+=("$(div "${PER_REQ[$CONTROL_PID]}" "${PER_REQ[$TRELLIS_PID]}")")
+    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+    PAIR_RATIOS+=("$(div "${per_req[1]}" "${per_req[0]}")")
+    CONTROL_RATIOS+=("$(div "${per_req[2]}" "${per_req[0]}")")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 RESILIENCE_RATIO=$(median "${PAIR_RATIOS[@]}")
@@ -222,7 +232,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[nginx]}") (target ≤ 1)."
     echo "trellis+resilience / trellis (timeout, retries, outlier detection, least-request vs plain routing):"
     echo "max req/s $(ratio "${RPS[trellis+resilience]}" "${RPS[trellis]}"), CPU per request $(ratio "${CPU_US[trellis+resilience]}" "${CPU_US[trellis]}") from the table;"
-    echo "CPU per request with both under the same paced load at once (~$RATE rps each, $ROUNDS rounds of $DURATION s):"
+    echo "CPU per request with both under the same paced load at once (~$RATE rps each, $ROUNDS rounds of $DURATION s, new processes each round):"
     echo "median $RESILIENCE_RATIO (rounds: ${PAIR_RATIOS[*]}) (target ≤ 1.05);"
     echo "control, a second plain trellis-proxy in the same rounds: median $CONTROL_RATIO (rounds: ${CONTROL_RATIOS[*]})."
     echo "trellis-proxy / HAProxy: max req/s $(ratio "${RPS[trellis]}" "${RPS[haproxy]}"), CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[haproxy]}")."

@@ -56,6 +56,9 @@ impl RequestBody {
     /// Reads `body` until its end or until more than `limit` bytes arrived.
     pub async fn read(mut body: hyper::body::Incoming, limit: usize) -> Result<Self, hyper::Error> {
         use http_body::Body as _;
+        if body.is_end_stream() {
+            return Ok(Self::empty()); // no body: nothing to read or allocate
+        }
         let mut buf = bytes::BytesMut::new();
         loop {
             if body.is_end_stream() {
@@ -89,17 +92,6 @@ impl RequestBody {
                     }
                 },
             }
-        }
-    }
-
-    /// A copy for another attempt; `None` for a streamed body.
-    pub fn try_clone(&self) -> Option<Self> {
-        match self {
-            Self::Buffered { data, trailers } => Some(Self::Buffered {
-                data: data.clone(),
-                trailers: trailers.clone(),
-            }),
-            Self::Streaming { .. } => None,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::discovery::model::{Route, WeightedCluster};
 use crate::layers::balance::{stable_hash, Balance};
 use crate::layers::breaker::{Breaker, Overflow};
 use crate::layers::outlier::Outlier;
-use crate::layers::retry::{policy_for, RetryPolicy};
+use crate::layers::retry::{policy_for, Retry, RetryPolicy};
 use crate::layers::timeout::{Deadline, Timeout, TimeoutKind};
 use crate::metrics::Metrics;
 use crate::transport::listen::PeerAddr;
@@ -108,10 +108,7 @@ impl Forward {
                     policy_for(retry, replay_safe, cluster, &self.metrics, deadline);
                 let per_try = Timeout::new(endpoint, retry.per_try_timeout, TimeoutKind::PerTry)
                     .within(deadline);
-                (
-                    Either::Left(tower::retry::Retry::new(policy, per_try)),
-                    None,
-                )
+                (Either::Left(Retry::new(policy, per_try)), None)
             }
             None => (Either::Right(endpoint), route.timeout),
         };

@@ -196,7 +196,10 @@ fn ensure_request_id(headers: &mut http::HeaderMap) {
         text[at + 1] = HEX[usize::from(b & 0xf)];
         at += 2;
     }
-    if let Ok(value) = HeaderValue::from_bytes(&text) {
+    // Owned bytes, not a copy into a `Vec`: a retry's copy of the headers
+    // then shares the value by a count, where a `Vec`'s bytes would first
+    // move to a new shared allocation.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)) {
         headers.insert(REQUEST_ID, value);
     }
 }

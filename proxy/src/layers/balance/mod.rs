@@ -89,18 +89,24 @@ impl Targets {
     /// endpoint is ejected, among all (panic mode).
     pub fn select(&self, key: Option<u64>, tried: Option<Tried>) -> Option<Selected> {
         let n = self.loads.len();
-        let now = Instant::now();
+        // The clock is read only for an endpoint that is not healthy.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(Instant::now);
         let load = |i: usize| &*self.loads[i];
         let available = |i: usize| {
-            self.health
-                .as_ref()
-                .is_none_or(|h| h.members[i].state.available(now))
+            self.health.as_ref().is_none_or(|h| {
+                let state = &h.members[i].state;
+                state.is_healthy() || state.available(now())
+            })
         };
         let fresh = |i: usize| available(i) && !tried.is_some_and(|t| t.contains(i));
         let pick = |eligible: &dyn Fn(usize) -> bool| self.balancer.pick(n, &load, eligible, key);
         if let Some(index) = pick(&fresh).or_else(|| pick(&available)) {
             if let Some(health) = &self.health {
-                health.members[index].state.admit(now);
+                let state = &health.members[index].state;
+                if !state.is_healthy() {
+                    state.admit(now());
+                }
             }
             return Some(Selected {
                 index,
@@ -118,9 +124,9 @@ pub struct Balance<S> {
     targets: Arc<Targets>,
     /// The request's consistent-hash key.
     key: Option<u64>,
-    /// Endpoints tried by the calls of this service. A clone starts from
-    /// those tried so far: tower's `Retry` clones the service after the
-    /// first attempt and makes every retry through that clone.
+    /// Endpoints tried by the calls of this service. The retry layer makes
+    /// every attempt of a request through one service, so a retry avoids
+    /// the endpoints the earlier attempts went to.
     tried: Option<Tried>,
 }
 

@@ -17,6 +17,7 @@ mod layer;
 pub use future::ResponseFuture;
 pub use layer::OutlierLayer;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,6 +53,9 @@ impl OutlierGroup {
         let Some(member) = self.members.get(index) else {
             return Transition::None;
         };
+        if outcome == Outcome::Success && member.state.is_quiet() {
+            return Transition::None; // nothing to reset: no lock, no clock
+        }
         // Counting the ejected endpoints takes a lock each: only on failure.
         let may_eject = outcome != Outcome::Success && {
             let out = self.members.iter().filter(|m| m.state.is_out()).count();
@@ -182,17 +186,68 @@ struct State {
 
 /// Outlier state of one endpoint, shared by every connection.
 #[derive(Debug)]
-pub struct OutlierState(Mutex<State>);
+pub struct OutlierState {
+    state: Mutex<State>,
+    /// What the state comes to, written under its lock and read without:
+    /// the healthy endpoints of nearly every request need neither the lock
+    /// nor the clock.
+    summary: AtomicU8,
+}
+
+/// `summary`: healthy with no failure counted.
+const QUIET: u8 = 0;
+/// `summary`: healthy, some consecutive failures counted.
+const COUNTING: u8 = 1;
+/// `summary`: ejected or probing.
+const OUT: u8 = 2;
 
 impl Default for OutlierState {
     fn default() -> Self {
-        Self(Mutex::new(State {
-            health: Health::Healthy,
-            consecutive_5xx: 0,
-            consecutive_gateway: 0,
-            ejections: 0,
-            last_ejection: Duration::ZERO,
-        }))
+        Self {
+            state: Mutex::new(State {
+                health: Health::Healthy,
+                consecutive_5xx: 0,
+                consecutive_gateway: 0,
+                ejections: 0,
+                last_ejection: Duration::ZERO,
+            }),
+            summary: AtomicU8::new(QUIET),
+        }
+    }
+}
+
+impl State {
+    fn summary(&self) -> u8 {
+        match self.health {
+            Health::Healthy if self.consecutive_5xx == 0 && self.consecutive_gateway == 0 => QUIET,
+            Health::Healthy => COUNTING,
+            Health::Ejected { .. } | Health::Probing => OUT,
+        }
+    }
+}
+
+/// The state under its lock; the summary is brought up to date on unlock.
+struct Locked<'a> {
+    guard: std::sync::MutexGuard<'a, State>,
+    summary: &'a AtomicU8,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.summary.store(self.guard.summary(), Ordering::Release);
     }
 }
 
@@ -205,10 +260,24 @@ pub enum Transition {
 }
 
 impl OutlierState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            summary: &self.summary,
+        }
+    }
+
+    /// Healthy (not ejected, not probing), read without the lock.
+    pub fn is_healthy(&self) -> bool {
+        self.summary.load(Ordering::Acquire) != OUT
+    }
+
+    /// Healthy with no failure counted, read without the lock.
+    fn is_quiet(&self) -> bool {
+        self.summary.load(Ordering::Acquire) == QUIET
     }
 
     pub fn health(&self) -> Health {
@@ -337,11 +406,14 @@ mod tests {
     fn ejects_after_consecutive_errors_and_probes_once() {
         let s = OutlierState::default();
         let t0 = Instant::now();
+        assert!(s.is_quiet());
         assert_eq!(s.report(ERR, &cfg(), true, t0), Transition::None);
+        assert!(s.is_healthy() && !s.is_quiet(), "a failure is counted");
         assert_eq!(
             s.report(Outcome::Success, &cfg(), true, t0),
             Transition::None
         );
+        assert!(s.is_quiet(), "a success clears the count");
         for _ in 0..2 {
             assert_eq!(s.report(ERR, &cfg(), true, t0), Transition::None);
         }
@@ -349,6 +421,7 @@ mod tests {
             s.report(ERR, &cfg(), true, t0),
             Transition::Ejected(Duration::from_secs(30))
         );
+        assert!(!s.is_healthy());
         assert!(!s.available(t0 + Duration::from_secs(29)));
         let later = t0 + Duration::from_secs(30);
         assert!(s.available(later));
@@ -360,6 +433,7 @@ mod tests {
             Transition::Restored
         );
         assert_eq!(s.health(), Health::Healthy);
+        assert!(s.is_quiet());
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! The per-request retry policy handed to tower's `Retry`: counts attempts,
+//! The per-request retry policy of a [`super::Retry`]: counts attempts,
 //! classifies outcomes, enforces idempotency and the budget, and sleeps a
 //! jittered exponential backoff between attempts.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Response;
 use tokio::time::Sleep;
 
 use super::{RetryBudget, RetryConditions};
-use crate::body::{BoxError, RequestBody};
+use crate::body::BoxError;
 use crate::layers::breaker::RetryGate;
 use crate::layers::timeout::Deadline;
 use crate::metrics::Metrics;
@@ -18,7 +18,8 @@ use crate::outbound::local_reply::{LocalError, Reason};
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
-/// Retry state of one request.
+/// The retry rules of a route's requests to one destination, and the
+/// retry state of one request (each call works on its own copy).
 #[derive(Debug)]
 pub struct RetryPolicy {
     remaining: u32,
@@ -59,7 +60,7 @@ impl Drop for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Policy for one request; records the request in the budget.
+    /// The policy of a route's requests (each call starts from a copy).
     pub fn new(
         retries: u32,
         conditions: Arc<RetryConditions>,
@@ -67,7 +68,6 @@ impl RetryPolicy {
         budget: Arc<RetryBudget>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        budget.deposit();
         Self {
             remaining: retries,
             attempt: 0,
@@ -95,38 +95,21 @@ impl RetryPolicy {
         self
     }
 
-    fn release(&mut self) {
-        if self.holding {
-            if let Some(gate) = &self.gate {
-                gate.leave();
-            }
-            self.holding = false;
-        }
+    /// Counts a request in the destination's budget (retries are a share of requests).
+    pub(super) fn record_request(&self) {
+        self.budget.deposit();
     }
-}
 
-/// Idempotent methods (RFC 9110 §9.2.2): safe to send twice.
-pub fn is_idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(method)
-}
+    /// Another attempt may follow the next one (a replay copy is worth keeping).
+    pub(super) fn may_retry(&self) -> bool {
+        self.remaining > 0
+    }
 
-impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for RetryPolicy {
-    type Future = Sleep;
-
-    fn retry(
-        &mut self,
-        _req: &mut Request<RequestBody>,
-        result: &mut Result<Response<B>, BoxError>,
-    ) -> Option<Sleep> {
+    /// Decides on the outcome of an attempt: the backoff before the next
+    /// one, or `None` to return `result` (which may be rewritten to say
+    /// why no retry was made).
+    #[inline(never)]
+    pub(super) fn retry<B>(&mut self, result: &mut Result<Response<B>, BoxError>) -> Option<Sleep> {
         self.release(); // the previous retry, if any, is over
         let reason = match result {
             Ok(resp) => self.conditions.on_status(resp.status()),
@@ -161,17 +144,28 @@ impl<B> tower::retry::Policy<Request<RequestBody>, Response<B>, BoxError> for Re
         Some(tokio::time::sleep(wait))
     }
 
-    fn clone_request(&mut self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-        if self.remaining == 0 {
-            return None;
+    fn release(&mut self) {
+        if self.holding {
+            if let Some(gate) = &self.gate {
+                gate.leave();
+            }
+            self.holding = false;
         }
-        let mut clone = Request::new(req.body().try_clone()?);
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
-        Some(clone)
     }
+}
+
+/// Idempotent methods (RFC 9110 §9.2.2): safe to send twice.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))].
@@ -185,6 +179,9 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::RequestBody;
+    use crate::layers::retry::Retry;
+    use http::Request;
     use tower::ServiceExt;
 
     /// A service that answers the statuses it is given, in order, counting calls.
@@ -238,7 +235,7 @@ mod tests {
     /// (final status, backend calls).
     async fn run(statuses: Vec<u16>, p: RetryPolicy) -> (u16, usize) {
         let (svc, calls) = scripted(statuses);
-        let resp = tower::retry::Retry::new(p, svc)
+        let resp = Retry::new(p, svc)
             .oneshot(Request::new(RequestBody::empty()))
             .await
             .expect("a response");
@@ -309,7 +306,7 @@ mod tests {
                 .within(deadline);
             let p = policy(50, &["5xx"], true, ample()).within(deadline);
             let started = tokio::time::Instant::now();
-            let err = tower::retry::Retry::new(p, per_try)
+            let err = Retry::new(p, per_try)
                 .oneshot(Request::new(RequestBody::empty()))
                 .await
                 .expect_err("the deadline passes first");
@@ -325,8 +322,8 @@ mod tests {
         use crate::layers::balance::{Balance, Balancer, Picked, Targets};
         // Random picks would repeat an endpoint within three attempts in
         // most of these requests; only the tried set keeps them apart. It
-        // rides in the service, which tower's Retry clones after the first
-        // attempt: this fails if that order ever changes.
+        // rides in the service every attempt of the request goes through:
+        // this fails if the retry future ever made attempts on fresh clones.
         let targets = Arc::new(Targets {
             balancer: Balancer::Random,
             loads: (0..3).map(|_| Arc::default()).collect(),
@@ -347,7 +344,7 @@ mod tests {
         for _ in 0..20 {
             picks.lock().expect("lock").clear();
             let balance = Balance::new(endpoints.clone(), targets.clone()).for_request(None, true);
-            let retry = tower::retry::Retry::new(policy(2, &["5xx"], true, ample()), balance);
+            let retry = Retry::new(policy(2, &["5xx"], true, ample()), balance);
             let resp = retry
                 .oneshot(Request::new(RequestBody::empty()))
                 .await
@@ -356,6 +353,53 @@ mod tests {
             let mut tried = picks.lock().expect("lock").clone();
             tried.sort_unstable();
             assert_eq!(tried, [0, 1, 2], "three attempts, three endpoints");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_sends_the_same_request() {
+        // Three attempts: the second from the kept copy, the last from the
+        // copy itself. Each must be the request as it first came.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let svc = tower::service_fn(move |req: Request<RequestBody>| {
+            let record = record.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = http_body_util::BodyExt::collect(body).await?.to_bytes();
+                let mut seen = record.lock().expect("lock");
+                seen.push((parts.method, parts.uri, parts.headers, body));
+                let status = if seen.len() < 3 { 503 } else { 200 };
+                let mut resp = Response::new(());
+                *resp.status_mut() = http::StatusCode::from_u16(status).expect("valid status");
+                Ok::<_, BoxError>(resp)
+            }
+        });
+        let mut req = Request::new(RequestBody::Buffered {
+            data: Some(bytes::Bytes::from_static(b"{\"order\": 1}")),
+            trailers: None,
+        });
+        *req.method_mut() = http::Method::PUT;
+        *req.uri_mut() = "/orders/1?dry=1".parse().expect("uri");
+        let headers = req.headers_mut();
+        headers.insert("host", "shop".parse().expect("value"));
+        headers.append("x-tag", "a".parse().expect("value"));
+        headers.append("x-tag", "b".parse().expect("value"));
+        let resp = Retry::new(policy(2, &["5xx"], true, ample()), svc)
+            .oneshot(req)
+            .await
+            .expect("a response");
+        assert_eq!(resp.status(), 200);
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 3);
+        for (method, uri, headers, body) in seen.iter() {
+            assert_eq!(method, http::Method::PUT);
+            assert_eq!(uri, "/orders/1?dry=1");
+            assert_eq!(headers.get("host").expect("host"), "shop");
+            let tags: Vec<_> = headers.get_all("x-tag").iter().collect();
+            assert_eq!(tags, ["a", "b"], "both values, in order");
+            assert_eq!(headers.len(), 3);
+            assert_eq!(&body[..], b"{\"order\": 1}");
         }
     }
 
