@@ -235,7 +235,7 @@ mod tests {
     /// (final status, backend calls).
     async fn run(statuses: Vec<u16>, p: RetryPolicy) -> (u16, usize) {
         let (svc, calls) = scripted(statuses);
-        let resp = Retry::new(p, svc)
+        let resp = tower::Layer::layer(&crate::layers::retry::RetryLayer::new(p), svc)
             .oneshot(Request::new(RequestBody::empty()))
             .await
             .expect("a response");
