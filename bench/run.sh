@@ -231,7 +231,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "Ratios, trellis-proxy / nginx: max req/s $(ratio "${RPS[trellis]}" "${RPS[nginx]}") (target ≥ 1),"
     echo "CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[nginx]}") (target ≤ 1)."
     echo "trellis+resilience / trellis (timeout, retries, outlier detection, least-request vs plain routing):"
-    echo "max req/s $(ratio "${RPS[trellis+resilience]}" "${RPS[trellis]}"), CPU per request $(ratio "${CPU_US[trellis+resilience]}" "${CPU_US[trellis]}") from the table;"
+    echo "max req/s $(ratio "${RPS[trellis+resilience]}" "${RPS[trellis]}"); CPU per request $(ratio "${CPU_US[trellis+resilience]}" "${CPU_US[trellis]}") from the table (runs one after the other: ±20% here, not the measure);"
     echo "CPU per request with both under the same paced load at once (~$RATE rps each, $ROUNDS rounds of $DURATION s, new processes each round):"
     echo "median $RESILIENCE_RATIO (rounds: ${PAIR_RATIOS[*]}) (target ≤ 1.05);"
     echo "control, a second plain trellis-proxy in the same rounds: median $CONTROL_RATIO (rounds: ${CONTROL_RATIOS[*]})."
