@@ -99,22 +99,23 @@ impl Forward {
             cluster.targets.clone(),
         )
         .for_request(key, route.retry.is_some());
-        // With retries, the route timeout is kept by each attempt's timer and
-        // the backoff (one timer per attempt, not two); without, by its own.
-        let (retried, route_timeout) = match &route.retry {
+        // The route timeout runs from here: a wait for a pool slot counts.
+        // With retries, it is kept by each attempt's timer and the backoff
+        // (one timer per attempt, not two); without, by a timer of its own.
+        let deadline = route.timeout.map(Deadline::after);
+        let (retried, route_deadline) = match &route.retry {
             Some(retry) => {
-                let deadline = route.timeout.map(Deadline::after);
                 let policy: RetryPolicy =
                     policy_for(retry, replay_safe, cluster, &self.metrics, deadline);
                 let per_try = Timeout::new(endpoint, retry.per_try_timeout, TimeoutKind::PerTry)
                     .within(deadline);
                 (Either::Left(Retry::new(policy, per_try)), None)
             }
-            None => (Either::Right(endpoint), route.timeout),
+            None => (Either::Right(endpoint), deadline),
         };
         // A pool slot is held for the whole request, until its response body ends.
-        let limited = Breaker::new(retried, cluster.pool.clone());
-        let stack = Timeout::new(limited, route_timeout, TimeoutKind::Route);
+        let limited = Breaker::new(retried, cluster.pool.clone()).within(deadline);
+        let stack = Timeout::new(limited, None, TimeoutKind::Route).within(route_deadline);
         let resp = stack.oneshot(upstream).await.map_err(|e| {
             if e.is::<Overflow>() {
                 self.metrics.overflow(&cluster.service, &cluster.subset);

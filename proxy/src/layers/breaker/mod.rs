@@ -4,7 +4,8 @@
 //! `http2MaxRequests` requests be active at once, and at most
 //! `http1MaxPendingRequests` wait for a slot. Anything over a limit fails
 //! at once with [`Overflow`] (503 `overflow`): nothing queues without
-//! bound. A request holds its slot until its response body is done.
+//! bound. A request holds its slot until its response body is done, and
+//! waits for one no later than its route's deadline (504, as any timeout).
 //! [`RetryGate`] caps retries in flight (`maxRetries`) for the retry policy.
 
 mod body;
@@ -26,6 +27,7 @@ use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::BoxError;
+use crate::layers::timeout::{Deadline, Elapsed, TimeoutKind};
 
 /// Active and pending request limits of one destination, shared by every
 /// connection.
@@ -76,7 +78,8 @@ impl Drop for Pending<'_> {
     }
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Overflow>> + Send>>;
+/// A wait for a slot: `Overflow` or, past the route's deadline, `Elapsed`.
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, BoxError>> + Send>>;
 
 /// Where a [`Breaker`] is between `poll_ready` and `call`.
 enum Admission {
@@ -95,6 +98,8 @@ pub struct Breaker<S> {
     inner: S,
     limit: Option<Arc<PoolLimit>>,
     admission: Admission,
+    /// The route's deadline: no wait for a slot outlasts it.
+    deadline: Option<Deadline>,
 }
 
 impl<S> Breaker<S> {
@@ -104,14 +109,37 @@ impl<S> Breaker<S> {
             inner,
             limit,
             admission: Admission::Idle,
+            deadline: None,
         }
+    }
+
+    /// Ends a wait for a slot at `deadline`, as a route timeout.
+    pub fn within(mut self, deadline: Option<Deadline>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    fn wait(&self, limit: Arc<PoolLimit>) -> Acquire {
+        let Some(deadline) = self.deadline else {
+            return Box::pin(async move { Ok(limit.acquire().await?) });
+        };
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline.at, limit.acquire()).await {
+                Ok(slot) => Ok(slot?),
+                Err(_) => Err(Elapsed {
+                    kind: TimeoutKind::Route,
+                    after: deadline.after,
+                }
+                .into()),
+            }
+        })
     }
 }
 
 impl<S: Clone> Clone for Breaker<S> {
     /// A clone holds no slot of its own yet.
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), self.limit.clone())
+        Self::new(self.inner.clone(), self.limit.clone()).within(self.deadline)
     }
 }
 
@@ -140,14 +168,18 @@ where
                         None => Admission::Admitted(None),
                         Some(limit) => match limit.active.clone().try_acquire_owned() {
                             Ok(permit) => Admission::Admitted(Some(permit)),
-                            Err(_) => Admission::Waiting(Box::pin(limit.clone().acquire())),
+                            Err(_) => Admission::Waiting(self.wait(limit.clone())),
                         },
                     }
                 }
                 Admission::Waiting(acquire) => {
                     self.admission = match std::task::ready!(acquire.as_mut().poll(cx)) {
                         Ok(permit) => Admission::Admitted(Some(permit)),
-                        Err(Overflow) => Admission::Full,
+                        Err(e) if e.is::<Overflow>() => Admission::Full,
+                        Err(expired) => {
+                            self.admission = Admission::Idle;
+                            return Poll::Ready(Err(expired));
+                        }
                     }
                 }
                 Admission::Admitted(_) => return self.inner.poll_ready(cx).map_err(Into::into),
@@ -268,6 +300,28 @@ mod tests {
         let _ = waiting.await;
         // the pending place is free again: this one waits instead of overflowing
         let mut next = tokio::spawn(breaker.clone().oneshot("next"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!((&mut next).now_or_never().is_none(), "waits for the slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_slot_ends_at_the_route_deadline() {
+        let limit = Arc::new(PoolLimit::new(1, 1));
+        let (svc, mut handle) = mock::pair::<&str, Resp>();
+        let deadline = Deadline::after(Duration::from_millis(100));
+        let breaker = Breaker::new(svc, Some(limit.clone())).within(Some(deadline));
+        let _first = tokio::spawn(breaker.clone().oneshot("first"));
+        let (_, _unanswered) = handle.next_request().await.expect("first is sent");
+        let started = tokio::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(1), breaker.clone().oneshot("waits"))
+            .await
+            .expect("the wait ends by the deadline")
+            .expect_err("the slot stays taken past the deadline");
+        let elapsed = err.downcast_ref::<Elapsed>().expect("a timeout");
+        assert_eq!(elapsed.kind, TimeoutKind::Route);
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        // its pending place is free again: the next one waits, not overflows
+        let mut next = tokio::spawn(breaker.clone().within(None).oneshot("next"));
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!((&mut next).now_or_never().is_none(), "waits for the slot");
     }
