@@ -187,6 +187,48 @@ async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_pool_slot_still_ends_at_the_route_timeout() -> Result<()> {
+    let slow = Echo::start("reviews", "v1")?;
+    let policy = "    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+";
+    let route = rules::virtual_service(
+        "reviews",
+        "  - match: [{uri: {prefix: /long}}]
+    timeout: 5s
+    route: [{destination: {host: reviews}}]
+  - timeout: 300ms
+    route: [{destination: {host: reviews}}]
+",
+    );
+    let proxy = Proxy::start(&rules::service_with_policy(
+        "reviews",
+        &[("v1", &slow)],
+        policy,
+        &route,
+    ))?;
+    let client = client::http1();
+    let send = |client: client::HttpClient, addr, path: &'static str| async move {
+        let started = std::time::Instant::now();
+        let r = get(&client, addr, "reviews", path, &[("x-echo-delay", "1s")]).await?;
+        Ok::<_, anyhow::Error>((r.status.as_u16(), started.elapsed()))
+    };
+    // Holds the only connection for 1 s.
+    let long = tokio::spawn(send(client.clone(), proxy.outbound, "/long"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Waits behind it: its 300 ms count from its arrival, wait included.
+    let (status, took) = send(client.clone(), proxy.outbound, "/").await?;
+    assert_eq!(status, 504);
+    assert!(
+        took < Duration::from_millis(350),
+        "took {took:?}, over the 300 ms timeout"
+    );
+    assert_eq!(long.await??.0, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_until_max_requests_per_connection() -> Result<()> {
     let connections =
         |echo: &Echo| -> Result<u64> { Ok(echo.stats()?["connections"].as_u64().unwrap_or(0)) };
