@@ -11,6 +11,12 @@ use trellis_e2e::client::{self, blocking_get, get};
 use trellis_e2e::harness::{Echo, Proxy};
 use trellis_e2e::rules;
 
+/// A pool of one connection with one request waiting at most.
+const ONE_ACTIVE_ONE_PENDING: &str = "    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+";
+
 fn any_route() -> String {
     rules::virtual_service("reviews", "  - route: [{destination: {host: reviews}}]\n")
 }
@@ -140,14 +146,10 @@ async fn consistent_hash_keeps_a_key_on_one_endpoint() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
     let slow = Echo::start("reviews", "v1")?;
-    let policy = "    connectionPool:
-      tcp: {maxConnections: 1}
-      http: {http1MaxPendingRequests: 1}
-";
     let proxy = Proxy::start(&rules::service_with_policy(
         "reviews",
         &[("v1", &slow)],
-        policy,
+        ONE_ACTIVE_ONE_PENDING,
         &any_route(),
     ))?;
     let client = client::http1();
@@ -189,10 +191,6 @@ async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_for_a_pool_slot_still_ends_at_the_route_timeout() -> Result<()> {
     let slow = Echo::start("reviews", "v1")?;
-    let policy = "    connectionPool:
-      tcp: {maxConnections: 1}
-      http: {http1MaxPendingRequests: 1}
-";
     let route = rules::virtual_service(
         "reviews",
         "  - match: [{uri: {prefix: /long}}]
@@ -205,7 +203,7 @@ async fn a_request_waiting_for_a_pool_slot_still_ends_at_the_route_timeout() -> 
     let proxy = Proxy::start(&rules::service_with_policy(
         "reviews",
         &[("v1", &slow)],
-        policy,
+        ONE_ACTIVE_ONE_PENDING,
         &route,
     ))?;
     let client = client::http1();
