@@ -1,8 +1,9 @@
 //! Sends a routed request to its destination through the route's
 //! policies: fault injection, then route timeout -> pool limits -> retries
 //! -> per-try timeout -> balancer -> outlier detection -> the endpoint's
-//! client (`endpoint::Upstream`). On a retried route the route timeout is a
-//! deadline kept by the per-try timeout and the retry backoff.
+//! client (`endpoint::Upstream`). The route timeout is a deadline from
+//! routing on: it bounds the wait for a pool slot, and on a retried route it
+//! is kept by the per-try timeout and the retry backoff.
 
 use std::sync::Arc;
 

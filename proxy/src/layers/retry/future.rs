@@ -135,59 +135,35 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            if let StateProj::Attempt { future } = this.state.as_mut().project() {
-                let mut result = ready!(future.poll(cx));
-                if this.replay.is_none() {
-                    return Poll::Ready(result);
+            match this.state.as_mut().project() {
+                StateProj::Attempt { future } => {
+                    let mut result = ready!(future.poll(cx));
+                    if this.replay.is_none() {
+                        return Poll::Ready(result);
+                    }
+                    match this.policy.retry(&mut result) {
+                        None => return Poll::Ready(result),
+                        Some(sleep) => this.state.set(State::Backoff {
+                            sleep: Box::pin(sleep),
+                        }),
+                    }
                 }
-                match this.policy.retry(&mut result) {
-                    None => return Poll::Ready(result),
-                    Some(sleep) => this.state.set(State::Backoff {
-                        sleep: Box::pin(sleep),
-                    }),
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Ready);
                 }
-            }
-            // Out of line: nearly every request ends above, and the code it
-            // runs stays compact.
-            if let Err(e) = ready!(backoff_then_attempt(
-                this.state.as_mut(),
-                this.service,
-                this.replay,
-                this.policy,
-                cx
-            )) {
-                return Poll::Ready(Err(e));
+                StateProj::Ready => {
+                    ready!(this.service.poll_ready(cx))?;
+                    let req = if this.policy.may_retry() {
+                        this.replay.as_ref().map(Replay::request)
+                    } else {
+                        this.replay.take().map(Replay::into_request)
+                    };
+                    let req = req.expect("a backoff follows an attempt with a replay copy");
+                    let future = this.service.call(req);
+                    this.state.set(State::Attempt { future });
+                }
             }
         }
     }
-}
-
-/// Waits out the backoff, readies the service and starts the next attempt.
-#[cold]
-#[inline(never)]
-fn backoff_then_attempt<S, F>(
-    mut state: Pin<&mut State<F>>,
-    service: &mut S,
-    replay: &mut Option<Replay>,
-    policy: &RetryPolicy,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), BoxError>>
-where
-    S: tower::Service<Request<RequestBody>, Error = BoxError, Future = F>,
-{
-    if let StateProj::Backoff { sleep } = state.as_mut().project() {
-        ready!(sleep.as_mut().poll(cx));
-        state.set(State::Ready);
-    }
-    ready!(service.poll_ready(cx))?;
-    let req = if policy.may_retry() {
-        replay.as_ref().map(Replay::request)
-    } else {
-        replay.take().map(Replay::into_request)
-    };
-    let req = req.expect("a backoff follows an attempt with a replay copy");
-    state.set(State::Attempt {
-        future: service.call(req),
-    });
-    Poll::Ready(Ok(()))
 }

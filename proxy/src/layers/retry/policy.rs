@@ -108,7 +108,6 @@ impl RetryPolicy {
     /// Decides on the outcome of an attempt: the backoff before the next
     /// one, or `None` to return `result` (which may be rewritten to say
     /// why no retry was made).
-    #[inline(never)]
     pub(super) fn retry<B>(&mut self, result: &mut Result<Response<B>, BoxError>) -> Option<Sleep> {
         self.release(); // the previous retry, if any, is over
         let reason = match result {
