@@ -15,6 +15,7 @@ pub mod host;
 pub mod load;
 pub mod locate;
 pub mod resource;
+pub mod support;
 pub mod types;
 pub mod validate;
 

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::diagnostic::{Diagnostic, Diagnostics, FieldPath};
 use crate::locate::locate;
 use crate::resource::{Origin, Resource, NETWORKING_API_VERSIONS, SECURITY_API_VERSIONS};
+use crate::support;
 use crate::types::{
     AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec, ServiceEntrySpec,
     VirtualServiceSpec,
@@ -81,8 +82,8 @@ pub fn load_str(file: &str, source: &str) -> Result<RuleSet, Diagnostics> {
             document: index,
             source: text.clone(),
         };
-        if let Err(d) = load_document(value, origin, &mut rules) {
-            errors.push(*d);
+        if let Err(mut d) = load_document(value, origin, &mut rules) {
+            errors.append(&mut d);
         }
     }
     if errors.is_empty() {
@@ -124,16 +125,16 @@ fn load_document(
     value: serde_yaml::Value,
     origin: Origin,
     rules: &mut RuleSet,
-) -> Result<(), Box<Diagnostic>> {
+) -> Result<(), Vec<Diagnostic>> {
     let at = |path: FieldPath, message: String| {
         let position = locate(&origin.source, origin.document, &path);
-        Box::new(Diagnostic {
+        vec![Diagnostic {
             file: origin.file.to_string(),
             line: position.map(|p| p.0),
             column: position.map(|p| p.1),
             path: path.to_string(),
             message,
-        })
+        }]
     };
     let root = FieldPath::root();
     let mapping = match &value {
@@ -190,6 +191,14 @@ fn load_document(
             ),
         ));
     }
+    let spec = mapping.get("spec").unwrap_or(&serde_yaml::Value::Null);
+    let refused = support::audit(kind, spec).refused;
+    if !refused.is_empty() {
+        return Err(refused
+            .into_iter()
+            .flat_map(|(path, message)| at(path, message))
+            .collect());
+    }
     match kind {
         "VirtualService" => rules
             .virtual_services
@@ -213,8 +222,8 @@ fn load_document(
 fn typed<S: DeserializeOwned>(
     value: serde_yaml::Value,
     origin: &Origin,
-    at: impl Fn(FieldPath, String) -> Box<Diagnostic>,
-) -> Result<Resource<S>, Box<Diagnostic>> {
+    at: impl Fn(FieldPath, String) -> Vec<Diagnostic>,
+) -> Result<Resource<S>, Vec<Diagnostic>> {
     match serde_path_to_error::deserialize::<_, Resource<S>>(value) {
         Ok(mut resource) => {
             resource.origin = Some(origin.clone());

@@ -414,3 +414,56 @@ async fn config_dump_shows_hosts_routes_and_endpoints() -> Result<()> {
     assert!(endpoints.contains(&v2.addr.to_string()), "{endpoints:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_redirect_sample_answers_301_with_the_new_location() -> Result<()> {
+    // Istio's HTTPRedirect sample: a redirect-only route (no `route`).
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings-route
+spec:
+  hosts:
+  - ratings.prod.svc.cluster.local
+  http:
+  - match:
+    - uri:
+        exact: /v1/getProductRatings
+    redirect:
+      uri: /v1/bookRatings
+      authority: newratings.default.svc.cluster.local
+  - match:
+    - uri:
+        prefix: /secure
+    redirect:
+      scheme: https
+      derivePort: FROM_PROTOCOL_DEFAULT
+      redirectCode: 302
+";
+    let proxy = Proxy::start(vs)?;
+    let client = client::http1();
+    let host = "ratings.prod.svc.cluster.local:9080";
+    let moved = get(
+        &client,
+        proxy.outbound,
+        host,
+        "/v1/getProductRatings?id=7",
+        &[],
+    )
+    .await?;
+    assert_eq!(moved.status, 301);
+    assert_eq!(
+        moved.header("location"),
+        Some("http://newratings.default.svc.cluster.local/v1/bookRatings?id=7")
+    );
+    let secure = get(&client, proxy.outbound, host, "/secure/a", &[]).await?;
+    assert_eq!(secure.status, 302);
+    assert_eq!(
+        secure.header("location"),
+        Some("https://ratings.prod.svc.cluster.local/secure/a")
+    );
+    let other = get(&client, proxy.outbound, host, "/v1/other", &[]).await?;
+    assert_eq!(other.status, 404);
+    assert_eq!(other.header("x-trellis-reason"), Some("no-route"));
+    Ok(())
+}

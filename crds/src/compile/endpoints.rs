@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::host::qualify;
 use crate::load::RuleSet;
-use crate::types::Resolution;
+use crate::types::{Location, Resolution};
 
 /// Known services by fully qualified host name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -28,6 +28,10 @@ pub struct Service {
     /// SPIFFE ids allowed to serve it, when declared (ServiceEntry
     /// `subjectAltNames`); otherwise each instance's service account.
     pub subject_alt_names: Vec<String>,
+    /// Declared `MESH_EXTERNAL`: no sidecar runs beside its instances, so
+    /// mTLS is never originated to them by label (a DestinationRule can
+    /// still ask for it).
+    pub external: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -125,6 +129,7 @@ impl Endpoints {
                         instances,
                         namespace: se.namespace().to_string(),
                         subject_alt_names: se.spec.subject_alt_names.clone(),
+                        external: se.spec.location == Some(Location::MESH_EXTERNAL),
                     },
                 );
             }

@@ -144,11 +144,8 @@ impl Compiler<'_> {
                 uri: r.uri.clone().unwrap_or_default(),
                 authority: r.authority.clone().unwrap_or_default(),
             }),
-            redirect: route.redirect.as_ref().map(|r| api::Redirect {
-                uri: r.uri.clone().unwrap_or_default(),
-                authority: r.authority.clone().unwrap_or_default(),
-                redirect_code: r.redirect_code.unwrap_or(301),
-            }),
+            redirect: route.redirect.as_ref().map(policy::redirect),
+            rate_limit: route.rate_limit.as_ref().map(policy::rate_limit),
         }
     }
 
@@ -205,7 +202,7 @@ impl Compiler<'_> {
                     port,
                     labels: i.labels.clone().into_iter().collect(),
                     weight: i.weight,
-                    mtls: security::originates_mtls(tls_mode, i),
+                    mtls: service.is_some_and(|s| security::originates_mtls(tls_mode, s, i)),
                     identities: service
                         .map(|s| security::identities(s, i))
                         .unwrap_or_default(),

@@ -4,8 +4,8 @@ use trellis_api as api;
 
 use crate::duration::parse_duration;
 use crate::types::{
-    HeaderOperations, HttpFaultInjection, HttpMatchRequest, HttpRetry, SimpleLb, StringMatch,
-    TlsMode, TrafficPolicy,
+    HeaderOperations, HttpFaultInjection, HttpMatchRequest, HttpRedirect, HttpRetry,
+    RedirectPortSelection, SimpleLb, StringMatch, TlsMode, TrafficPolicy,
 };
 
 pub(super) fn duration(text: Option<&String>) -> Option<api::prost_types::Duration> {
@@ -75,6 +75,31 @@ pub(super) fn header_ops(h: &HeaderOperations) -> api::HeaderOperations {
     }
 }
 
+pub(super) fn rate_limit(r: &crate::types::RateLimit) -> api::RateLimit {
+    // Validated positive and finite; the default burst is one second's worth.
+    let default_burst = r.requests_per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+    api::RateLimit {
+        requests_per_second: r.requests_per_second,
+        burst: r.burst.unwrap_or(default_burst).max(1),
+    }
+}
+
+pub(super) fn redirect(r: &HttpRedirect) -> api::Redirect {
+    use api::redirect::DerivePort;
+    api::Redirect {
+        uri: r.uri.clone().unwrap_or_default(),
+        authority: r.authority.clone().unwrap_or_default(),
+        redirect_code: r.redirect_code.unwrap_or(301),
+        port: r.port.unwrap_or(0),
+        derive_port: match r.derive_port {
+            None => DerivePort::Unset,
+            Some(RedirectPortSelection::FROM_PROTOCOL_DEFAULT) => DerivePort::FromProtocolDefault,
+            Some(RedirectPortSelection::FROM_REQUEST_PORT) => DerivePort::FromRequestPort,
+        } as i32,
+        scheme: r.scheme.clone().unwrap_or_default(),
+    }
+}
+
 pub(super) fn retries(r: &HttpRetry) -> api::RetryPolicy {
     api::RetryPolicy {
         attempts: r.attempts.unwrap_or(0).max(0).unsigned_abs(),
@@ -127,6 +152,8 @@ pub(super) fn traffic_policy(
     let outlier =
         pick(|p| p.outlier_detection.is_some()).and_then(|p| p.outlier_detection.as_ref());
     let tls = pick(|p| p.tls.is_some()).and_then(|p| p.tls.as_ref());
+    let limit = pick(|p| p.rate_limit.is_some()).and_then(|p| p.rate_limit.as_ref());
+    let budget = pick(|p| p.retry_budget.is_some()).and_then(|p| p.retry_budget.as_ref());
     Some(api::TrafficPolicy {
         load_balancer: lb.map(|lb| {
             use api::consistent_hash::Key;
@@ -183,5 +210,10 @@ pub(super) fn traffic_policy(
             Some(TlsMode::MUTUAL) => api::TlsMode::TlsMutual,
             Some(TlsMode::DISABLE) | None => api::TlsMode::TlsDisable,
         } as i32,
+        rate_limit: limit.map(rate_limit),
+        retry_budget: budget.map(|b| api::RetryBudget {
+            percent: b.percent.unwrap_or(20.0),
+            min_retries_per_second: b.min_retries_per_second.unwrap_or(10),
+        }),
     })
 }

@@ -14,11 +14,19 @@ use crate::types::{
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 /// mTLS to an instance: a DestinationRule's `tls.mode` decides when given
-/// (ISTIO_MUTUAL); otherwise the instance's sidecar label does (auto mTLS).
-pub(super) fn originates_mtls(rule_mode: Option<TlsMode>, instance: &Instance) -> bool {
+/// (ISTIO_MUTUAL); otherwise the instance's sidecar label does (auto mTLS),
+/// unless its service is outside the mesh.
+pub(super) fn originates_mtls(
+    rule_mode: Option<TlsMode>,
+    service: &Service,
+    instance: &Instance,
+) -> bool {
     match rule_mode {
         Some(mode) => mode == TlsMode::ISTIO_MUTUAL,
-        None => instance.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some("istio"),
+        None => {
+            !service.external
+                && instance.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some("istio")
+        }
     }
 }
 

@@ -46,3 +46,16 @@ pub struct WorkloadSelector {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub match_labels: std::collections::BTreeMap<String, String>,
 }
+
+/// A local rate limit (Trellis extension): a token bucket holding `burst`
+/// requests, refilled at `requestsPerSecond`; over it the proxy answers 429.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    /// Requests that may pass at once; `requestsPerSecond` (rounded up,
+    /// at least 1) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}

@@ -72,6 +72,10 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Trellis extension: a token bucket for the route's requests (each
+    /// proxy has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::RateLimit>,
 }
 
 /// Conditions on a request; all set fields must hold.
@@ -172,6 +176,25 @@ pub struct HttpRedirect {
     pub authority: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
+    /// Port of the `Location`; takes precedence over `derivePort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derive_port: Option<RedirectPortSelection>,
+    /// Scheme of the `Location` (`http` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+}
+
+/// Where a redirect's port comes from when `port` is not set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum RedirectPortSelection {
+    /// 80 for http, 443 for https: the `Location` carries no port.
+    FROM_PROTOCOL_DEFAULT,
+    /// The port the request was sent to.
+    FROM_REQUEST_PORT,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -203,6 +226,10 @@ pub struct HttpRetry {
     /// they never did (connect failure, refused stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_non_idempotent: Option<bool>,
+    /// Istio's default (true) is the only behaviour: a retry goes to an
+    /// endpoint not yet tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 /// Faults injected into matching requests.

@@ -99,6 +99,14 @@ fn check_policy(path: &FieldPath, policy: &TrafficPolicy, at: &mut At<'_>) {
             }
         }
     }
+    if let Some(limit) = &policy.rate_limit {
+        super::route::check_rate_limit(&path.key("rateLimit"), limit, at);
+    }
+    if let Some(budget) = &policy.retry_budget {
+        if let Some(p) = budget.percent {
+            at.percent(&path.key("retryBudget").key("percent"), p);
+        }
+    }
     if let Some(outlier) = &policy.outlier_detection {
         let opath = path.key("outlierDetection");
         at.duration(&opath.key("interval"), outlier.interval.as_ref());

@@ -126,6 +126,9 @@ fn check_http_route(
         check_destination(&dpath, &d.destination, ns, subsets, at);
     }
     at.duration(&path.key("timeout"), route.timeout.as_ref());
+    if let Some(limit) = &route.rate_limit {
+        check_rate_limit(&path.key("rateLimit"), limit, at);
+    }
     if let Some(retries) = &route.retries {
         let rpath = path.key("retries");
         if retries.attempts.is_some_and(|a| a < 0) {
@@ -192,12 +195,29 @@ fn check_http_route(
     if let Some(p) = &route.mirror_percentage {
         at.percent(&path.key("mirrorPercentage").key("value"), p.value);
     }
-    if let Some(code) = route.redirect.as_ref().and_then(|r| r.redirect_code) {
-        if ![301, 302, 303, 307, 308].contains(&code) {
-            at.error(
-                &path.key("redirect").key("redirectCode"),
-                format!("must be 301, 302, 303, 307 or 308, got {code}"),
-            );
+    if let Some(redirect) = &route.redirect {
+        let rpath = path.key("redirect");
+        if let Some(code) = redirect.redirect_code {
+            if ![301, 302, 303, 307, 308].contains(&code) {
+                at.error(
+                    &rpath.key("redirectCode"),
+                    format!("must be 301, 302, 303, 307 or 308, got {code}"),
+                );
+            }
+        }
+        if let Some(port) = redirect.port.filter(|p| !(1..=65535).contains(p)) {
+            at.error(&rpath.key("port"), format!("port {port} is out of range"));
+        }
+        if let Some(scheme) = redirect.scheme.as_deref() {
+            if !matches!(scheme, "http" | "https") {
+                at.error(
+                    &rpath.key("scheme"),
+                    format!("must be http or https, got {scheme:?}"),
+                );
+            }
+        }
+        if let Some(uri) = redirect.uri.as_deref().filter(|u| !u.starts_with('/')) {
+            at.error(&rpath.key("uri"), format!("must start with /, got {uri:?}"));
         }
     }
 }
@@ -254,8 +274,8 @@ fn check_weights(path: &FieldPath, weights: &[Option<i32>], at: &mut At<'_>) {
             }
         }
     }
-    if weights.len() == 1 && weights[0].is_none() {
-        return;
+    if weights.is_empty() || (weights.len() == 1 && weights[0].is_none()) {
+        return; // a redirect-only route, or one destination taking all
     }
     if weights.len() > 1 {
         for (k, w) in weights.iter().enumerate() {
@@ -270,5 +290,18 @@ fn check_weights(path: &FieldPath, weights: &[Option<i32>], at: &mut At<'_>) {
     let sum: i64 = weights.iter().flatten().map(|w| i64::from(*w)).sum();
     if weights.iter().all(Option::is_some) && sum != 100 {
         at.error(path, format!("weights sum to {sum}, expected 100"));
+    }
+}
+
+pub(super) fn check_rate_limit(path: &FieldPath, limit: &crate::types::RateLimit, at: &mut At<'_>) {
+    let rps = limit.requests_per_second;
+    if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+        at.error(
+            &path.key("requestsPerSecond"),
+            format!("must be a positive number of requests per second, got {rps}"),
+        );
+    }
+    if limit.burst == Some(0) {
+        at.error(&path.key("burst"), "must be at least 1");
     }
 }

@@ -5,9 +5,7 @@ use std::collections::BTreeSet;
 use super::At;
 use crate::diagnostic::FieldPath;
 use crate::resource::Resource;
-use crate::types::{
-    AuthorizationAction, AuthorizationPolicySpec, PeerAuthenticationSpec, WorkloadSelector,
-};
+use crate::types::{AuthorizationPolicySpec, PeerAuthenticationSpec, WorkloadSelector};
 
 /// At most one selector-less PeerAuthentication per namespace: two would
 /// leave the namespace's mode to load order.
@@ -37,14 +35,6 @@ pub(super) fn check_peer_authentication(
 pub(super) fn check_authorization_policy(ap: &Resource<AuthorizationPolicySpec>, at: &mut At<'_>) {
     let spec = FieldPath::root().key("spec");
     check_selector(ap.spec.selector.as_ref(), &spec.key("selector"), at);
-    if let Some(action @ (AuthorizationAction::AUDIT | AuthorizationAction::CUSTOM)) =
-        ap.spec.action
-    {
-        at.error(
-            &spec.key("action"),
-            format!("action {action:?} is not supported (ALLOW or DENY)"),
-        );
-    }
     for (r, rule) in ap.spec.rules.iter().flatten().enumerate() {
         let rule_path = spec.key("rules").index(r);
         for (f, from) in rule.from.iter().enumerate() {

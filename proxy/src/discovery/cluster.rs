@@ -16,6 +16,7 @@ use crate::identity::Identity;
 use crate::layers::balance::{Balancer, EndpointLoad, Ring, Targets};
 use crate::layers::breaker::{PoolLimit, RetryGate};
 use crate::layers::outlier::{Member, OutlierConfig, OutlierGroup, OutlierState};
+use crate::layers::rate_limit::{RateLimit, RateLimitConfig};
 use crate::layers::retry::RetryBudget;
 use crate::metrics::Metrics;
 use crate::transport::pool::{EndpointPool, PoolConfig};
@@ -40,6 +41,8 @@ pub struct Cluster {
     pub pool: Option<Arc<PoolLimit>>,
     /// `connectionPool.http.maxRetries`, when set.
     pub retry_gate: Option<Arc<RetryGate>>,
+    /// `rateLimit` of the destination, when set.
+    pub rate_limit: Option<Arc<RateLimit>>,
     /// Some endpoint is reached over mTLS.
     pub mtls: bool,
 }
@@ -73,6 +76,14 @@ impl Default for Env {
             metrics: Arc::new(Metrics::new()),
             identity: None,
         }
+    }
+}
+
+/// The bucket settings of a compiled `rateLimit`.
+pub fn rate_limit_config(r: &api::RateLimit) -> RateLimitConfig {
+    RateLimitConfig {
+        requests_per_second: r.requests_per_second,
+        burst: r.burst.max(1),
     }
 }
 
@@ -179,6 +190,10 @@ impl Cluster {
                     } else {
                         o.max_ejection_percent
                     },
+                    interval: o
+                        .interval
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .unwrap_or(Duration::ZERO),
                 },
                 members: endpoints
                     .iter()
@@ -217,7 +232,30 @@ impl Cluster {
             .map(|p| p.max_retries)
             .filter(|m| *m > 0)
             .map(|max| Arc::new(RetryGate::new(max, &c.service, &c.subset)));
+        let rate_limit = policy
+            .and_then(|p| p.rate_limit.as_ref())
+            .map(rate_limit_config)
+            .map(|config| match previous.and_then(|p| p.rate_limit.clone()) {
+                Some(old) if old.config == config => old,
+                _ => Arc::new(RateLimit::new(config)),
+            });
+        let (min_per_sec, ratio) = policy
+            .and_then(|p| p.retry_budget.as_ref())
+            .map_or((10, 0.2), |b| {
+                (b.min_retries_per_second, (b.percent / 100.0) as f32)
+            });
+        let budget = previous
+            .map(|p| p.budget.clone())
+            .filter(|b| b.has_settings(min_per_sec, ratio))
+            .unwrap_or_else(|| {
+                Arc::new(RetryBudget::new(
+                    Duration::from_secs(10),
+                    min_per_sec,
+                    ratio,
+                ))
+            });
         Ok(Self {
+            rate_limit,
             mtls: c.endpoints.iter().any(|e| e.mtls),
             pool,
             retry_gate,
@@ -229,7 +267,7 @@ impl Cluster {
             targets,
             hash,
             outlier,
-            budget: previous.map(|p| p.budget.clone()).unwrap_or_default(),
+            budget,
         })
     }
 
@@ -326,5 +364,40 @@ mod tests {
             assert!(Arc::ptr_eq(&second.targets.loads[i], &e.load));
         }
         assert!(Arc::ptr_eq(&first.budget, &second.budget));
+    }
+
+    fn with_budget(budget: Option<api::RetryBudget>, previous: Option<&Cluster>) -> Cluster {
+        let c = api::Cluster {
+            name: "c".into(),
+            policy: Some(api::TrafficPolicy {
+                retry_budget: budget,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Cluster::build(&c, previous, &Env::default()).expect("valid cluster")
+    }
+
+    #[test]
+    fn the_retry_budget_follows_the_destination_and_defaults_to_a_fifth() {
+        let default = with_budget(None, None);
+        assert!(default.budget.has_settings(10, 0.2));
+        for _ in 0..100 {
+            default.budget.deposit();
+        }
+        let granted = (0..100).filter(|_| default.budget.withdraw()).count();
+        assert!((20..=21).contains(&granted), "{granted}");
+
+        let none = api::RetryBudget {
+            percent: 0.0,
+            min_retries_per_second: 0,
+        };
+        let strict = with_budget(Some(none), Some(&default));
+        strict.budget.deposit();
+        assert!(!strict.budget.withdraw(), "a zero budget allows no retry");
+        // The same settings on reload keep the window; new ones start afresh.
+        let same = with_budget(Some(none), Some(&strict));
+        assert!(Arc::ptr_eq(&same.budget, &strict.budget));
+        assert!(!Arc::ptr_eq(&default.budget, &strict.budget));
     }
 }

@@ -11,6 +11,7 @@ use super::cluster::{Cluster, Env};
 use super::matcher::{CompiledMatch, MatchError, RequestView};
 use crate::config::NodeConfig;
 use crate::inbound::policy::InboundPolicy;
+use crate::layers::rate_limit::RateLimit;
 use crate::layers::retry::RetryConditions;
 use crate::metrics::RouteSeries;
 
@@ -63,6 +64,8 @@ pub struct Route {
     pub rewrite: Option<api::Rewrite>,
     pub request_headers: Option<api::HeaderOperations>,
     pub response_headers: Option<api::HeaderOperations>,
+    /// `rateLimit` of the route (a new bucket on each config).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `retries` of a route, compiled.
@@ -320,6 +323,10 @@ fn route(
         rewrite: r.rewrite.clone(),
         request_headers: r.request_headers.clone(),
         response_headers: r.response_headers.clone(),
+        rate_limit: r
+            .rate_limit
+            .as_ref()
+            .map(|l| RateLimit::new(super::cluster::rate_limit_config(l))),
     })
 }
 

@@ -4,10 +4,12 @@
 //! (route deadline), `breaker` (connection-pool limits), `retry` (policy,
 //! budget, backoff; a per-try `timeout` inside), `balance` (picks the
 //! endpoint), `outlier` (ejects failing endpoints); beneath them the
-//! endpoint's client (`outbound::endpoint`).
+//! endpoint's client (`outbound::endpoint`). `rate_limit` is not a layer:
+//! routing checks a route's and a destination's bucket before sending.
 
 pub mod balance;
 pub mod breaker;
 pub mod outlier;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;

@@ -42,6 +42,8 @@ pub enum Reason {
     /// The path cannot be normalized safely (encoded `/` or `\`, `..` above
     /// the root): refused rather than guessed at.
     InvalidPath,
+    /// A route's or destination's `rateLimit` bucket is empty.
+    RateLimited,
 }
 
 impl Reason {
@@ -57,6 +59,7 @@ impl Reason {
             Self::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Self::RbacDenied => StatusCode::FORBIDDEN,
             Self::InvalidPath => StatusCode::BAD_REQUEST,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -74,6 +77,7 @@ impl Reason {
             Self::Overflow => "overflow",
             Self::RbacDenied => "rbac-denied",
             Self::InvalidPath => "invalid-path",
+            Self::RateLimited => "rate-limited",
         }
     }
 

@@ -86,6 +86,14 @@ impl Outbound {
             .find(|r| r.matches(&view))
             .ok_or_else(|| fail(Reason::NoRoute))?;
         let host = vh.name.as_str();
+        let limited = |target: Target<'t>| (LocalReply::from(Reason::RateLimited), Some(target));
+        if route.rate_limit.as_ref().is_some_and(|l| !l.try_acquire()) {
+            return Err(limited(Target {
+                host,
+                route,
+                destination: None,
+            }));
+        }
         if let Some(redirect) = &route.redirect {
             let resp = redirect_response(redirect, authority, req.uri());
             let target = Target {
@@ -103,6 +111,14 @@ impl Outbound {
             route,
             destination: Some(destination),
         };
+        let cluster = &destination.cluster;
+        if cluster
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| !l.try_acquire())
+        {
+            return Err(limited(target));
+        }
         match self.forward.send(req, route, destination).await {
             Ok(resp) => Ok((resp, target)),
             Err(reply) => Err((reply, Some(target))),
@@ -205,10 +221,48 @@ fn ensure_request_id(headers: &mut http::HeaderMap) {
 }
 
 fn port_of(authority: &str) -> u16 {
-    authority
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(80)
+    split_port(authority).1.unwrap_or(80)
+}
+
+/// `host[:port]` (`[v6]:port` too) into the host and the port, if any.
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// The redirect's `Location`: the request's URL with the parts the route
+/// sets replaced (Istio's `HTTPRedirect`).
+fn redirect_location(r: &trellis_api::Redirect, authority: &str, uri: &http::Uri) -> String {
+    use trellis_api::redirect::DerivePort;
+    let scheme = if r.scheme.is_empty() {
+        "http"
+    } else {
+        &r.scheme
+    };
+    let (_, request_port) = split_port(authority);
+    let (host, kept_port) = split_port(if r.authority.is_empty() {
+        authority
+    } else {
+        &r.authority
+    });
+    let port = match (r.port, r.derive_port()) {
+        (0, DerivePort::FromProtocolDefault) => None,
+        (0, DerivePort::FromRequestPort) => request_port,
+        (0, DerivePort::Unset) => kept_port,
+        (port, _) => u16::try_from(port).ok(),
+    };
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = match (r.uri.as_str(), uri.query()) {
+        ("", _) => uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        (to, Some(query)) if !to.contains('?') => format!("{to}?{query}"),
+        (to, _) => to.to_string(),
+    };
+    format!("{scheme}://{host}{port}{path}")
 }
 
 fn redirect_response(
@@ -216,21 +270,65 @@ fn redirect_response(
     authority: &str,
     uri: &http::Uri,
 ) -> Response<ProxyBody> {
-    let host = if r.authority.is_empty() {
-        authority
-    } else {
-        &r.authority
-    };
-    let path = if r.uri.is_empty() {
-        uri.path_and_query().map_or("/", |p| p.as_str())
-    } else {
-        &r.uri
-    };
     let mut resp = Response::new(body::full(""));
     *resp.status_mut() = StatusCode::from_u16(u16::try_from(r.redirect_code).unwrap_or(301))
         .unwrap_or(StatusCode::MOVED_PERMANENTLY);
-    if let Ok(location) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+    if let Ok(location) = HeaderValue::from_str(&redirect_location(r, authority, uri)) {
         resp.headers_mut().insert(http::header::LOCATION, location);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_api::redirect::DerivePort;
+
+    fn location(r: trellis_api::Redirect, authority: &str, uri: &str) -> String {
+        redirect_location(&r, authority, &uri.parse().expect("uri"))
+    }
+
+    #[test]
+    fn redirect_replaces_only_what_the_route_sets() {
+        let r = trellis_api::Redirect {
+            uri: "/v1/bookRatings".into(),
+            authority: "newratings.default.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            location(r, "ratings:9080", "/v1/getProductRatings?x=1"),
+            "http://newratings.default.svc.cluster.local/v1/bookRatings?x=1"
+        );
+        let keep = trellis_api::Redirect::default();
+        assert_eq!(
+            location(keep, "ratings:9080", "/a?b"),
+            "http://ratings:9080/a?b"
+        );
+    }
+
+    #[test]
+    fn redirect_port_and_scheme() {
+        let https = |derive: DerivePort, port: u32| trellis_api::Redirect {
+            scheme: "https".into(),
+            port,
+            derive_port: derive as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            location(https(DerivePort::FromProtocolDefault, 0), "web:8080", "/p"),
+            "https://web/p"
+        );
+        assert_eq!(
+            location(https(DerivePort::FromRequestPort, 0), "web:8080", "/p"),
+            "https://web:8080/p"
+        );
+        assert_eq!(
+            location(
+                https(DerivePort::FromProtocolDefault, 8443),
+                "[::1]:8080",
+                "/p"
+            ),
+            "https://[::1]:8443/p"
+        );
+    }
 }

@@ -304,6 +304,7 @@ mod tests {
                             consecutive_gateway: 0,
                             base_ejection: std::time::Duration::from_secs(30),
                             max_ejection_percent: 100,
+                            interval: std::time::Duration::ZERO,
                         },
                     )
                 }),

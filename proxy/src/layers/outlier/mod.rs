@@ -165,6 +165,7 @@ mod tests {
                 consecutive_gateway: 0,
                 base_ejection: Duration::from_secs(30),
                 max_ejection_percent: 50,
+                interval: Duration::ZERO,
             },
         )
     }

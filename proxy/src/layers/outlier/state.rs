@@ -16,6 +16,22 @@ pub struct OutlierConfig {
     pub consecutive_gateway: u32,
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
+    /// `interval`: ejected endpoints are looked at again only on this
+    /// period's ticks (Envoy's sweep), so an ejection lasts a whole number
+    /// of intervals. Zero: it ends as soon as its time is up.
+    pub interval: Duration,
+}
+
+impl OutlierConfig {
+    /// How long an ejection of nominal length `d` lasts: `d` rounded up to
+    /// a whole number of intervals.
+    fn ejection(&self, d: Duration) -> Duration {
+        if self.interval.is_zero() {
+            return d;
+        }
+        let ticks = d.as_nanos().div_ceil(self.interval.as_nanos()).max(1);
+        self.interval * u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
 }
 
 /// What an attempt at an endpoint came to.
@@ -205,6 +221,7 @@ impl OutlierState {
                 let d = (s.last_ejection * 2).max(cfg.base_ejection);
                 s.ejections += 1;
                 s.last_ejection = d;
+                let d = cfg.ejection(d);
                 s.health = Health::Ejected { until: now + d };
                 Transition::Ejected(d)
             }
@@ -233,6 +250,7 @@ impl OutlierState {
                     s.ejections += 1;
                     let d = cfg.base_ejection * s.ejections;
                     s.last_ejection = d;
+                    let d = cfg.ejection(d);
                     s.health = Health::Ejected { until: now + d };
                     s.consecutive_5xx = 0;
                     s.consecutive_gateway = 0;
@@ -256,7 +274,36 @@ mod tests {
             consecutive_gateway: 0,
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 100,
+            interval: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn an_ejection_lasts_whole_intervals() {
+        let cfg = OutlierConfig {
+            interval: Duration::from_secs(20),
+            ..cfg()
+        };
+        assert_eq!(
+            cfg.ejection(Duration::from_secs(30)),
+            Duration::from_secs(40)
+        );
+        assert_eq!(
+            cfg.ejection(Duration::from_secs(40)),
+            Duration::from_secs(40)
+        );
+        assert_eq!(
+            cfg.ejection(Duration::from_millis(1)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            OutlierConfig {
+                interval: Duration::ZERO,
+                ..cfg
+            }
+            .ejection(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
     }
 
     const ERR: Outcome = Outcome::ServerError { gateway: false };

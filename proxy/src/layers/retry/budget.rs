@@ -41,6 +41,11 @@ impl RetryBudget {
         }
     }
 
+    /// Whether this budget has these settings (a reload keeps it if so).
+    pub fn has_settings(&self, min_per_sec: u32, ratio: f32) -> bool {
+        self.min_per_sec == f64::from(min_per_sec) && self.ratio == f64::from(ratio)
+    }
+
     /// A request was made.
     pub fn deposit(&self) {
         self.with_window(|w, i| w.requests[i] += 1);
