@@ -1,5 +1,6 @@
 //! Wire model shared by the proxy and the control plane: the compiled proxy
-//! config (`ProxyConfig`) and the discovery stream (`MeshDiscovery`).
+//! config (`ProxyConfig`) and the discovery stream (`MeshDiscovery`), and
+//! the metrics exposition format both sides serve ([`exposition`]).
 //!
 //! Generated from `proto/` at build time; see `build.rs`.
 
@@ -11,6 +12,8 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod exposition;
 
 /// Well-known protobuf types used by the messages (`Duration`).
 pub use prost_types;

@@ -62,11 +62,12 @@ fn handle<B>(replica: &Replica, req: &Request<B>) -> Response<Full<Bytes>> {
         },
         "/metrics" => {
             refresh(replica);
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            let accept = req.headers().get(http::header::ACCEPT);
+            let (content_type, text) = trellis_api::exposition::negotiate(
+                accept.and_then(|a| a.to_str().ok()),
                 replica.metrics.encode(),
-            )
+            );
+            reply(StatusCode::OK, content_type, text)
         }
         "/proxy-status" => {
             let text =

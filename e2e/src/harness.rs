@@ -95,6 +95,22 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// An outside tool the tests use (`promtool`, ...): from `PATH`, else
+/// where `e2e/tools/install.sh` puts it (`~/.cache/trellis/bin`).
+pub fn tool(name: &str) -> Result<PathBuf> {
+    let cache = std::env::var_os("TRELLIS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/trellis")));
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    dirs.into_iter()
+        .chain(cache.map(|c| c.join("bin")))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} is not installed: run `bash e2e/tools/install.sh` first"))
+}
+
 /// A scratch directory removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

@@ -58,11 +58,12 @@ impl Admin {
                 if let Some(identity) = &self.identity {
                     identity.refresh_metrics();
                 }
-                reply(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                let accept = req.headers().get(http::header::ACCEPT);
+                let (content_type, text) = trellis_api::exposition::negotiate(
+                    accept.and_then(|a| a.to_str().ok()),
                     self.metrics.encode(),
-                )
+                );
+                reply(StatusCode::OK, content_type, text)
             }
             "/config_dump" => {
                 let mut dump = config_dump(&self.store.load());

@@ -80,7 +80,8 @@ pub struct Metrics {
     pub outlier_panic: Family<DestinationLabels, Counter>,
     pub circuit_overflow: Family<DestinationLabels, Counter>,
     pub endpoints: Family<EndpointLabels, Gauge>,
-    pub cert_expiry: Gauge,
+    /// Set only with mTLS: absent from `/metrics` without a certificate.
+    pub cert_expiry: Family<Vec<(String, String)>, Gauge>,
     pub cert_renewals: Family<ReloadLabels, Counter>,
     pub handshake_failures: Family<HandshakeLabels, Counter>,
     registry: Registry,
@@ -149,7 +150,7 @@ impl Metrics {
             "Version of the configuration in use",
             config_version.clone(),
         );
-        let cert_expiry = Gauge::default();
+        let cert_expiry = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register_with_unit(
             "identity_cert_expiry",
             "Time until the workload certificate expires",

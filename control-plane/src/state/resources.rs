@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
-use trellis_crds::{Resource, RuleSet};
+use trellis_crds::{Origin, Resource, RuleSet};
 
 use super::{MeshCommand, MeshState, Record, ResourceKey};
 
@@ -40,21 +40,40 @@ fn document<S: Serialize>(r: &Resource<S>) -> Result<(ResourceKey, serde_json::V
     Ok((key, value))
 }
 
-/// The rules `state` holds, typed again; a document that no longer types
-/// (written by another version, say) is reported and left out.
+/// The rules `state` holds, typed again. A document that does not type
+/// (written by another version, say) or that sets a field Trellis refuses
+/// (the support list applies to every writer) is reported and left out.
+/// Each rule's origin names it (`VirtualService default/reviews`), so a
+/// validation error says which resource it is in.
 pub fn rule_set<'a>(
     resources: impl IntoIterator<Item = (&'a ResourceKey, &'a serde_json::Value)>,
 ) -> (RuleSet, Vec<String>) {
     let mut rules = RuleSet::default();
     let mut errors = Vec::new();
     for (key, document) in resources {
-        let result = match key.kind.as_str() {
-            "VirtualService" => typed(document).map(|r| rules.virtual_services.push(r)),
-            "DestinationRule" => typed(document).map(|r| rules.destination_rules.push(r)),
-            "ServiceEntry" => typed(document).map(|r| rules.service_entries.push(r)),
-            "PeerAuthentication" => typed(document).map(|r| rules.peer_authentications.push(r)),
-            "AuthorizationPolicy" => typed(document).map(|r| rules.authorization_policies.push(r)),
-            other => Err(format!("kind {other} is not a rule")),
+        let origin = Origin {
+            file: format!("{} {}/{}", key.kind, key.namespace, key.name).into(),
+            document: 0,
+            source: "".into(),
+        };
+        let refused = refused_fields(&key.kind, document);
+        let result = if !refused.is_empty() {
+            Err(refused.join("; "))
+        } else {
+            match key.kind.as_str() {
+                "VirtualService" => typed(document, origin).map(|r| rules.virtual_services.push(r)),
+                "DestinationRule" => {
+                    typed(document, origin).map(|r| rules.destination_rules.push(r))
+                }
+                "ServiceEntry" => typed(document, origin).map(|r| rules.service_entries.push(r)),
+                "PeerAuthentication" => {
+                    typed(document, origin).map(|r| rules.peer_authentications.push(r))
+                }
+                "AuthorizationPolicy" => {
+                    typed(document, origin).map(|r| rules.authorization_policies.push(r))
+                }
+                other => Err(format!("kind {other} is not a rule")),
+            }
         };
         if let Err(e) = result {
             errors.push(format!("{key}: {e}"));
@@ -63,8 +82,28 @@ pub fn rule_set<'a>(
     (rules, errors)
 }
 
-fn typed<S: DeserializeOwned>(document: &serde_json::Value) -> Result<Resource<S>, String> {
-    Resource::<S>::deserialize(document).map_err(|e| e.to_string())
+/// `path: message` for each field of `document` the support list refuses.
+fn refused_fields(kind: &str, document: &serde_json::Value) -> Vec<String> {
+    let Some(spec) = document.get("spec") else {
+        return Vec::new();
+    };
+    let Ok(spec) = serde_yaml::to_value(spec) else {
+        return Vec::new(); // JSON always converts; typing reports it otherwise
+    };
+    trellis_crds::support::audit(kind, &spec)
+        .refused
+        .into_iter()
+        .map(|(path, message)| format!("{path}: {message}"))
+        .collect()
+}
+
+fn typed<S: DeserializeOwned>(
+    document: &serde_json::Value,
+    origin: Origin,
+) -> Result<Resource<S>, String> {
+    let mut resource = Resource::<S>::deserialize(document).map_err(|e| e.to_string())?;
+    resource.origin = Some(origin);
+    Ok(resource)
 }
 
 /// The rules of the whole state.

@@ -147,7 +147,10 @@ impl Identity {
                 Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
                 Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
             };
-            self.metrics.cert_expiry.set(left);
+            self.metrics
+                .cert_expiry
+                .get_or_create(&Vec::new())
+                .set(left);
         }
     }
 

@@ -16,13 +16,27 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_api as api;
 
-use crate::remote::{changes_of, Server};
+use crate::apply::{changes, load};
+use crate::remote::Server;
+
+/// `examples/demo/`, built into the binary so the demo runs wherever it is installed.
+const DEMO_RULES: &[(&str, &str)] = &[
+    (
+        "examples/demo/reviews-service.yaml",
+        include_str!("../../../../examples/demo/reviews-service.yaml"),
+    ),
+    (
+        "examples/demo/reviews-routes.yaml",
+        include_str!("../../../../examples/demo/reviews-routes.yaml"),
+    ),
+];
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Rules applied at the start.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo"))]
-    rules: PathBuf,
+    /// Rules applied at the start (file or directory); the built-in
+    /// `examples/demo/` when absent.
+    #[arg(long)]
+    rules: Option<PathBuf>,
     /// Seconds each step of the walkthrough runs.
     #[arg(long, default_value_t = 6)]
     step_seconds: u64,
@@ -52,6 +66,18 @@ impl Drop for Proc {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn built_in_rules() -> Result<trellis_crds::RuleSet, ExitCode> {
+    let mut rules = trellis_crds::RuleSet::default();
+    for (name, text) in DEMO_RULES {
+        let loaded = trellis_crds::load_str(name, text).map_err(|errors| {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        })?;
+        rules.extend(loaded);
+    }
+    Ok(rules)
 }
 
 /// Where the demo runs from: the binaries beside `trellisctl`, a scratch dir.
@@ -222,8 +248,13 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             );
         }
     }
-    let rules = changes_of(std::slice::from_ref(&args.rules), true)
-        .map_err(|_| anyhow::anyhow!("{} does not load", args.rules.display()))?;
+    let (rules, rules_name) = match &args.rules {
+        Some(path) => (load(std::slice::from_ref(path)), path.display().to_string()),
+        None => (built_in_rules(), "examples/demo/ (built in)".to_string()),
+    };
+    let rules = rules
+        .and_then(|r| changes(&r, true))
+        .map_err(|_| anyhow::anyhow!("{rules_name} does not load"))?;
     let dir = std::env::temp_dir().join(format!("trellis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let env = Env { bin_dir, dir };
@@ -282,10 +313,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    out!(
-        "  applied   {} at config version {version}",
-        args.rules.display()
-    );
+    out!("  applied   {rules_name} at config version {version}");
 
     let urls: Vec<String> = demo.replicas.iter().map(|r| r.xds.to_string()).collect();
     let client_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));

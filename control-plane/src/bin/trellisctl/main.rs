@@ -12,6 +12,7 @@ macro_rules! out {
     }};
 }
 
+mod apply;
 mod demo;
 mod remote;
 mod validate;
@@ -34,9 +35,9 @@ enum Command {
     /// Load and validate rule files; print every error as file:line:col: field: message.
     Validate(validate::Args),
     /// Write the rules of files to the mesh; returns once committed.
-    Apply(remote::ApplyArgs),
-    /// Remove rules (those of -f files, or one KIND/NAME).
-    Delete(remote::DeleteArgs),
+    Apply(apply::ApplyArgs),
+    /// Remove rules (those of -f files, or one: KIND NAME).
+    Delete(apply::DeleteArgs),
     /// List the rules the mesh holds.
     Get(remote::GetArgs),
     /// Form and change the control plane's Raft group.
@@ -71,8 +72,8 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match &cli.command {
             Command::Validate(_) => unreachable!("handled above"),
-            Command::Apply(args) => remote::apply(server, args).await,
-            Command::Delete(args) => remote::delete(server, args).await,
+            Command::Apply(args) => apply::apply(server, args).await,
+            Command::Delete(args) => apply::delete(server, args).await,
             Command::Get(args) => remote::get(server, args).await,
             Command::Cluster { command } => remote::cluster(server, command).await,
             Command::ProxyStatus(args) => remote::proxy_status(server, args).await,

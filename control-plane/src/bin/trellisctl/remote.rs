@@ -1,7 +1,6 @@
 //! The commands that talk to a control plane (`--server`, any replica):
 //! `apply`, `delete`, `get`, `cluster ...`, `proxy-status`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -11,9 +10,6 @@ use trellis_api as api;
 use trellis_api::mesh_control_client::MeshControlClient;
 use trellis_control_plane::push::registry::record_json;
 use trellis_control_plane::raft::network::channel;
-use trellis_control_plane::state::resources::documents;
-
-use crate::validate::expand;
 
 /// Where the control plane is.
 #[derive(clap::Args, Debug, Clone)]
@@ -60,16 +56,16 @@ impl Server {
             };
             match result {
                 Ok(reply) => return Ok(reply.into_inner()),
-                Err(s) if retriable(&s) && Instant::now() < deadline => {
+                Err(s) if retriable(&s) && !foreign(&s) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(s) => return Err(s),
+                Err(s) => return Err(explain(addr, s)),
             }
         }
     }
 
     /// Writes `changes` as one operator-API transaction, as `trellisctl`.
-    async fn write(&self, changes: Vec<api::Change>) -> Result<api::WriteReply, Status> {
+    pub async fn write(&self, changes: Vec<api::Change>) -> Result<api::WriteReply, Status> {
         let request = api::WriteRequest {
             changes,
             source: "cli".into(),
@@ -82,6 +78,48 @@ impl Server {
     }
 }
 
+/// The peer answered, but not as a Trellis replica does (HTTP/1, another
+/// gRPC server): retrying will not help.
+fn foreign(s: &Status) -> bool {
+    s.code() == Code::Unimplemented
+        || causes(s)
+            .iter()
+            .any(|c| c.contains("protocol error") || c.contains("invalid"))
+}
+
+/// The status's message and each of its causes.
+fn causes(s: &Status) -> Vec<String> {
+    let mut out = vec![s.message().to_string()];
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        out.push(e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// `s` with the address it came from, and what it most likely means.
+fn explain(addr: &str, s: Status) -> Status {
+    let mut detail = String::new();
+    for cause in causes(&s) {
+        if !detail.contains(&cause) {
+            detail = if detail.is_empty() {
+                cause
+            } else {
+                format!("{detail}: {cause}")
+            };
+        }
+    }
+    let message = if foreign(&s) {
+        format!("{addr} is not a Trellis replica ({detail}); --server takes replicas' --raft-addr")
+    } else if s.code() == Code::Unavailable && detail.contains("connect") {
+        format!("cannot reach a replica at {addr}: {detail}")
+    } else {
+        format!("{addr}: {}", s.message())
+    };
+    Status::new(s.code(), message)
+}
+
 fn retriable(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -89,130 +127,15 @@ fn retriable(s: &Status) -> bool {
     )
 }
 
-fn fail(s: &Status) -> ExitCode {
+pub fn fail(s: &Status) -> ExitCode {
     eprintln!("error: {}", s.message());
     ExitCode::FAILURE
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ApplyArgs {
-    /// Rule files (multi-document YAML); a directory means its *.yaml / *.yml files.
-    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
-    files: Vec<PathBuf>,
-}
-
-/// `apply -f`: validated here (errors name file, line, column and field),
-/// written as one entry, returned once committed.
-pub async fn apply(server: &Server, args: &ApplyArgs) -> ExitCode {
-    let changes = match changes_of(&args.files, true) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let count = changes.len();
-    match server.write(changes).await {
-        Ok(reply) => {
-            let what = if reply.changed {
-                "applied"
-            } else {
-                "unchanged"
-            };
-            out!("{count} resource(s) {what}; config version {}", reply.index);
-            ExitCode::SUCCESS
-        }
-        Err(s) => fail(&s),
-    }
-}
-
-/// The changes that write (or, `!apply`, delete) the rules of `files`.
-pub fn changes_of(files: &[PathBuf], apply: bool) -> Result<Vec<api::Change>, ExitCode> {
-    let files = expand(files).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })?;
-    let rules = trellis_crds::load_and_validate(&files).map_err(|errors| {
-        for e in errors.iter() {
-            out!("{e}");
-        }
-        eprintln!("{} error(s); nothing applied", errors.len());
-        ExitCode::FAILURE
-    })?;
-    let docs = documents(&rules).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    })?;
-    if docs.is_empty() {
-        eprintln!("error: no mesh rules in the given files");
-        return Err(ExitCode::from(2));
-    }
-    Ok(docs
-        .into_iter()
-        .map(|(key, document)| api::Change {
-            resource: Some(api::ResourceRef {
-                kind: key.kind,
-                namespace: key.namespace,
-                name: key.name,
-            }),
-            document_json: if apply {
-                document.to_string()
-            } else {
-                String::new()
-            },
-        })
-        .collect())
-}
-
-#[derive(clap::Args, Debug)]
-pub struct DeleteArgs {
-    /// Delete the rules these files declare.
-    #[arg(short = 'f', long = "filename", num_args = 1..)]
-    files: Vec<PathBuf>,
-    /// Or one resource: KIND/NAME (e.g. VirtualService/reviews).
-    resource: Option<String>,
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
-}
-
-pub async fn delete(server: &Server, args: &DeleteArgs) -> ExitCode {
-    let changes = match (&args.resource, args.files.is_empty()) {
-        (Some(r), true) => {
-            let Some((kind, name)) = r.split_once('/') else {
-                eprintln!("error: {r:?} is not KIND/NAME");
-                return ExitCode::from(2);
-            };
-            vec![api::Change {
-                resource: Some(api::ResourceRef {
-                    kind: kind.into(),
-                    namespace: args.namespace.clone(),
-                    name: name.into(),
-                }),
-                document_json: String::new(),
-            }]
-        }
-        (None, false) => match changes_of(&args.files, false) {
-            Ok(c) => c,
-            Err(code) => return code,
-        },
-        _ => {
-            eprintln!("error: give either -f FILE... or KIND/NAME");
-            return ExitCode::from(2);
-        }
-    };
-    match server.write(changes).await {
-        Ok(reply) if reply.changed => {
-            out!("deleted; config version {}", reply.index);
-            ExitCode::SUCCESS
-        }
-        Ok(_) => {
-            out!("nothing to delete");
-            ExitCode::SUCCESS
-        }
-        Err(s) => fail(&s),
-    }
-}
-
-#[derive(clap::Args, Debug)]
 pub struct GetArgs {
-    /// Kind to list (VirtualService, DestinationRule, ServiceEntry); all when absent.
+    /// Kind to list (VirtualService or vs, DestinationRule or dr, ServiceEntry
+    /// or se, PeerAuthentication or pa, AuthorizationPolicy or ap); all when absent.
     kind: Option<String>,
     name: Option<String>,
     /// Namespace; all when absent.
@@ -224,8 +147,15 @@ pub struct GetArgs {
 }
 
 pub async fn get(server: &Server, args: &GetArgs) -> ExitCode {
+    let kind = match args.kind.as_deref().map(kind_name).transpose() {
+        Ok(kind) => kind,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let request = api::GetRequest {
-        kind: args.kind.clone().unwrap_or_default(),
+        kind: kind.unwrap_or_default().to_string(),
         namespace: args.namespace.clone().unwrap_or_default(),
         name: args.name.clone().unwrap_or_default(),
     };
@@ -476,4 +406,34 @@ pub async fn trust_bundle(server: &Server) -> ExitCode {
         }
         Err(s) => fail(&s),
     }
+}
+
+/// The kind a user named, by its name or kubectl-style short name
+/// (case-insensitive, plural accepted).
+pub fn kind_name(name: &str) -> Result<&'static str, String> {
+    const KINDS: &[(&str, &str, &str)] = &[
+        ("VirtualService", "vs", "virtualservices"),
+        ("DestinationRule", "dr", "destinationrules"),
+        ("ServiceEntry", "se", "serviceentries"),
+        ("PeerAuthentication", "pa", "peerauthentications"),
+        ("AuthorizationPolicy", "ap", "authorizationpolicies"),
+    ];
+    KINDS
+        .iter()
+        .find(|(kind, short, plural)| {
+            [*kind, *short, *plural]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        })
+        .map(|(kind, _, _)| *kind)
+        .ok_or_else(|| {
+            format!(
+                "unknown kind {name:?} (use {})",
+                KINDS
+                    .iter()
+                    .map(|(k, s, _)| format!("{k} ({s})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }

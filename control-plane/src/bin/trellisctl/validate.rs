@@ -56,6 +56,9 @@ pub fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
             found.sort();
             files.extend(found);
         } else {
+            // Unreadable is a usage error (exit 2), not an invalid rule.
+            std::fs::File::open(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             files.push(path.clone());
         }
     }

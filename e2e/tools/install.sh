@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the outside tools the tests use into ~/.cache/trellis/bin (or
+# $TRELLIS_CACHE/bin), from Debian's packages, without starting any service:
+#   promtool   (from the `prometheus` package; `promtool check metrics`)
+# Safe to run again: a tool already there is kept. Called by .ci/run; run it
+# by hand before `cargo test` on a new machine.
+set -euo pipefail
+
+cache="${TRELLIS_CACHE:-$HOME/.cache/trellis}"
+bin="$cache/bin"
+mkdir -p "$bin"
+
+fail() { echo "e2e/tools/install.sh: $*" >&2; exit 1; }
+
+apt_updated=""
+apt_update() {
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq || fail "apt-get update failed (are Debian's package servers reachable?)"
+        apt_updated=1
+    fi
+}
+
+# One binary out of a Debian package, unpacked (no maintainer scripts run,
+# so the package's daemon is never started).
+from_deb() {
+    local package="$1" path="$2" name
+    name="$(basename "$path")"
+    [ -x "$bin/$name" ] && return 0
+    apt_update
+    local tmp
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -qq "$package" >/dev/null 2>&1) \
+        || { rm -rf "$tmp"; fail "apt-get download $package failed"; }
+    dpkg-deb -x "$tmp"/"$package"_*.deb "$tmp/root" || { rm -rf "$tmp"; fail "cannot unpack $package"; }
+    [ -x "$tmp/root$path" ] || { rm -rf "$tmp"; fail "$package has no $path"; }
+    cp "$tmp/root$path" "$bin/$name"
+    rm -rf "$tmp"
+    echo "installed $name from Debian's $package into $bin"
+}
+
+from_deb prometheus /usr/bin/promtool
+"$bin/promtool" --version >/dev/null || fail "promtool does not run"
