@@ -26,6 +26,12 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// The client's request body failed (cut off, bad framing): the client's
+/// fault, never the endpoint's.
+#[derive(Debug, thiserror::Error)]
+#[error("request body from the client")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// Bodies up to this size are buffered so a retry can send them again.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 
@@ -116,9 +122,11 @@ impl http_body::Body for RequestBody {
                 if let Some(prefix) = prefix.take() {
                     return Poll::Ready(Some(Ok(http_body::Frame::data(prefix))));
                 }
+                // The client's body failing is the client's fault: say so
+                // in the error's type, whatever the upstream side makes of it.
                 std::pin::Pin::new(rest)
                     .poll_frame(cx)
-                    .map_err(BoxError::from)
+                    .map_err(|e| BoxError::from(ClientBodyError(e)))
             }
         }
     }

@@ -20,13 +20,13 @@ use hyper::body::Incoming;
 
 use self::accept::PeerSecurity;
 use self::policy::RequestFacts;
-use crate::body::{self, ProxyBody, RequestBody};
+use crate::body::{self, BoxError, ProxyBody, RequestBody};
 use crate::discovery::ConfigStore;
 use crate::identity::Identity;
 use crate::metrics::{DurationLabels, Metrics};
 use crate::outbound::headers::strip_hop_by_hop;
 use crate::outbound::local_reply::Reason;
-use crate::transport::pool::{EndpointPool, PoolConfig, SendError};
+use crate::transport::pool::{EndpointPool, PoolConfig};
 
 /// Authorizes inbound requests and forwards them to the local application.
 #[derive(Debug)]
@@ -174,11 +174,9 @@ impl Inbound {
                 (Response::from_parts(parts, body::stream(body)), "")
             }
             Err(e) => {
-                let reason = match e {
-                    SendError::Connect { .. } => Reason::ConnectFailure,
-                    SendError::Upstream(_) => Reason::UpstreamReset,
-                };
-                tracing::debug!(error = %e, "inbound request failed");
+                let e = BoxError::from(e);
+                let reason = Reason::of(&e);
+                tracing::debug!(error = ?e, "inbound request failed");
                 (reason.response(), reason.as_str())
             }
         }

@@ -1,6 +1,7 @@
 //! The client for one endpoint: sends an attempt, whose endpoint the
 //! balancer has [`Picked`], over that endpoint's connection pool with its
-//! body streamed, and classifies failures as connect failure or reset.
+//! body streamed. Failures keep their type ([`SendError`](crate::transport::error::SendError)):
+//! the server edge classifies them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +10,10 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
-use super::local_reply::{LocalError, Reason};
 use crate::body::{BoxError, RequestBody};
 use crate::discovery::cluster::Cluster;
-use crate::layers::balance::Picked;
-use crate::transport::pool::{PooledBody, SendError};
+use crate::layers::balance::{NoEndpoint, Picked};
+use crate::transport::pool::PooledBody;
 
 /// Sends each request to the endpoint of `cluster` it was picked for.
 #[derive(Clone, Debug)]
@@ -46,18 +46,9 @@ impl tower::Service<Request<RequestBody>> for Upstream {
             .map(|e| e.pool.clone());
         Box::pin(async move {
             let Some(pool) = pool else {
-                return Err(LocalError(Reason::NoHealthyUpstream).into());
+                return Err(NoEndpoint.into());
             };
-            pool.send(req).await.map_err(classify)
+            pool.send(req).await.map_err(BoxError::from)
         })
     }
-}
-
-fn classify(e: SendError) -> BoxError {
-    tracing::debug!(error = %e, "upstream request failed");
-    let reason = match e {
-        SendError::Connect { .. } => Reason::ConnectFailure,
-        SendError::Upstream(_) => Reason::UpstreamReset,
-    };
-    LocalError(reason).into()
 }

@@ -6,7 +6,9 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::body::{self, BoxError, ProxyBody};
 use crate::layers::balance::NoEndpoint;
 use crate::layers::breaker::Overflow;
+use crate::layers::retry::RetriesExhausted;
 use crate::layers::timeout::Elapsed;
+use crate::transport::error::{chain, is_client_fault, SendError};
 
 /// An error of the request path that becomes a local reply.
 #[derive(Debug, thiserror::Error)]
@@ -81,19 +83,37 @@ impl Reason {
         }
     }
 
-    /// The reason an error from inside the stack stands for.
+    /// The reason an error from inside the stack stands for: the one
+    /// place errors are classified. The chain is walked from the top, so a
+    /// wrapper (retries exhausted) decides before its cause; a client's
+    /// broken body anywhere in it is the client's fault (400).
     pub fn of(error: &BoxError) -> Self {
-        if let Some(e) = error.downcast_ref::<LocalError>() {
-            e.0
-        } else if error.is::<Elapsed>() {
-            Self::Timeout
-        } else if error.is::<Overflow>() {
-            Self::Overflow
-        } else if error.is::<NoEndpoint>() {
-            Self::NoHealthyUpstream
-        } else {
-            Self::UpstreamReset
+        let error: &(dyn std::error::Error + 'static) = error.as_ref();
+        if is_client_fault(error) {
+            return Self::BadRequest;
         }
+        for e in chain(error) {
+            if let Some(LocalError(reason)) = e.downcast_ref::<LocalError>() {
+                return *reason;
+            }
+            if let Some(send) = e.downcast_ref::<SendError>() {
+                return match send {
+                    SendError::Connect { .. } => Self::ConnectFailure,
+                    SendError::Upstream { .. } => Self::UpstreamReset,
+                    SendError::Form(_) => Self::BadRequest,
+                };
+            }
+            if e.is::<RetriesExhausted>() {
+                return Self::RetriesExhausted;
+            } else if e.is::<Elapsed>() {
+                return Self::Timeout;
+            } else if e.is::<Overflow>() {
+                return Self::Overflow;
+            } else if e.is::<NoEndpoint>() {
+                return Self::NoHealthyUpstream;
+            }
+        }
+        Self::UpstreamReset
     }
 
     pub fn response(self) -> Response<ProxyBody> {

@@ -25,21 +25,14 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+pub use super::error::SendError;
+use super::error::{ConnectError, TlsError};
 use super::io::MaybeTls;
 use crate::body::RequestBody;
 use crate::identity::{verify::io_failure_reason, Identity};
 
 /// Idle HTTP/1 connections older than this are closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why a request could not get a response from the endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("connect to {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
-    #[error("upstream: {0}")]
-    Upstream(#[from] hyper::Error),
-}
 
 /// How connections to an endpoint are made and retired.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,10 +108,7 @@ impl EndpointPool {
                 if reused {
                     continue; // it closed while idle
                 }
-                return Err(SendError::Connect {
-                    endpoint: self.address.clone(),
-                    reason: "connection closed before the request".into(),
-                });
+                return Err(self.connect_error(ConnectError::Closed));
             }
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -130,7 +120,7 @@ impl EndpointPool {
                 Err(mut e) => match e.take_message() {
                     // never written on a stale connection: send it on another
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Upstream(e.into_error())),
+                    _ => return Err(self.upstream_error(e.into_error())),
                 },
             }
         }
@@ -155,9 +145,26 @@ impl EndpointPool {
             }
             sender
         };
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
+        sender.ready().await.map_err(|e| self.upstream_error(e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.upstream_error(e))?;
         Ok(resp.map(|body| PooledBody::new(body, None)))
+    }
+
+    fn connect_error(&self, source: ConnectError) -> SendError {
+        SendError::Connect {
+            endpoint: self.address.clone(),
+            source,
+        }
+    }
+
+    fn upstream_error(&self, source: hyper::Error) -> SendError {
+        SendError::Upstream {
+            endpoint: self.address.clone(),
+            source,
+        }
     }
 
     fn checkout(&self) -> Option<Http1Conn> {
@@ -182,21 +189,18 @@ impl EndpointPool {
     }
 
     async fn dial(&self) -> Result<TokioIo<MaybeTls>, SendError> {
-        let fail = |reason: String| SendError::Connect {
-            endpoint: self.address.clone(),
-            reason,
-        };
-        let stream = tokio::time::timeout(
-            self.config.connect_timeout,
-            TcpStream::connect(self.address.as_str()),
-        )
-        .await
-        .map_err(|_| fail(format!("timed out after {:?}", self.config.connect_timeout)))?
-        .map_err(|e| fail(e.to_string()))?;
+        let timeout = self.config.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.address.as_str()))
+            .await
+            .map_err(|_| self.connect_error(ConnectError::Timeout(timeout)))?
+            .map_err(|e| self.connect_error(ConnectError::Io(e)))?;
         let _ = stream.set_nodelay(true);
         match &self.config.mtls {
             None => Ok(TokioIo::new(MaybeTls::Plain(stream))),
-            Some(allowed) => self.handshake(stream, allowed).await.map_err(fail),
+            Some(allowed) => self
+                .handshake(stream, allowed)
+                .await
+                .map_err(|e| self.connect_error(ConnectError::Tls(e))),
         }
     }
 
@@ -206,10 +210,10 @@ impl EndpointPool {
         &self,
         stream: TcpStream,
         allowed: &[String],
-    ) -> Result<TokioIo<MaybeTls>, String> {
+    ) -> Result<TokioIo<MaybeTls>, TlsError> {
         let identity = self.identity.as_ref();
         let Some(credentials) = identity.and_then(|i| i.current()) else {
-            return Err("mTLS required, and this proxy has no workload certificate".into());
+            return Err(TlsError::NoCertificate);
         };
         let metrics = identity.map(|i| i.metrics());
         let name =
@@ -223,12 +227,12 @@ impl EndpointPool {
         {
             Err(_) => {
                 metrics.inspect(|m| m.handshake_failure("outbound", "timeout"));
-                return Err("TLS handshake timed out".into());
+                return Err(TlsError::Timeout);
             }
             Ok(Err(e)) => {
                 let reason = io_failure_reason(&e);
                 metrics.inspect(|m| m.handshake_failure("outbound", reason));
-                return Err(format!("TLS handshake: {e}"));
+                return Err(TlsError::Handshake(e));
             }
             Ok(Ok(tls)) => tls,
         };
@@ -241,24 +245,26 @@ impl EndpointPool {
                 crate::identity::spiffe::identity_of(leaf, &credentials.trust_domain).ok()
             });
         let Some(peer) = peer else {
-            return Err("the server presented no workload identity".into());
+            return Err(TlsError::NoPeerIdentity);
         };
         if !allowed
             .iter()
             .any(|id| credentials.expand(id) == peer.as_str())
         {
             metrics.inspect(|m| m.handshake_failure("outbound", "unexpected-identity"));
-            return Err(format!(
-                "the server is {peer}, not an identity allowed to serve this endpoint ({})",
-                allowed.join(", ")
-            ));
+            return Err(TlsError::UnexpectedIdentity {
+                peer: peer.to_string(),
+                allowed: allowed.join(", "),
+            });
         }
         Ok(TokioIo::new(MaybeTls::Tls(Box::new(tls.into()))))
     }
 
     async fn dial_http1(&self) -> Result<Http1Conn, SendError> {
         let io = self.dial().await?;
-        let (sender, conn) = http1::handshake(io).await?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| self.connect_error(ConnectError::Handshake(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection closed");
@@ -276,7 +282,8 @@ impl EndpointPool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
-            .await?;
+            .await
+            .map_err(|e| self.connect_error(ConnectError::Handshake(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection closed");
@@ -324,10 +331,7 @@ fn absolute_form(req: Request<RequestBody>) -> Result<Request<RequestBody>, Send
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    into_http2_form(&mut parts, path).map_err(|e| SendError::Connect {
-        endpoint: String::new(),
-        reason: format!("request URI: {e}"),
-    })?;
+    into_http2_form(&mut parts, path).map_err(SendError::Form)?;
     Ok(Request::from_parts(parts, body))
 }
 

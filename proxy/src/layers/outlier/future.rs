@@ -1,7 +1,9 @@
 //! The future of an [`super::Outlier`] call: the endpoint's response
 //! future, which reports the outcome when it completes. Dropped unfinished
 //! (the request was cancelled), it reports nothing, but frees the
-//! endpoint's probe slot if this call was the probe.
+//! endpoint's probe slot if this call was the probe; so does a call the
+//! client itself broke (its request body failed), which says nothing of
+//! the endpoint.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +14,8 @@ use tokio::time::Instant;
 use pin_project_lite::pin_project;
 
 use super::{Outcome, OutlierGroup};
+use crate::body::BoxError;
+use crate::transport::error::is_client_fault;
 
 pin_project! {
     /// Resolves to the inner result unchanged.
@@ -38,9 +42,9 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<http::Response<B>, E>>,
+    F: Future<Output = Result<http::Response<B>, BoxError>>,
 {
     type Output = F::Output;
 
@@ -49,13 +53,21 @@ where
         let result = std::task::ready!(this.inner.poll(cx));
         if let Some((group, index)) = this.report.take() {
             let outcome = match &result {
-                Ok(r) if r.status().is_server_error() => Outcome::ServerError {
+                Ok(r) if r.status().is_server_error() => Some(Outcome::ServerError {
                     gateway: matches!(r.status().as_u16(), 502..=504),
-                },
-                Ok(_) => Outcome::Success,
-                Err(_) => Outcome::GatewayFailure,
+                }),
+                Ok(_) => Some(Outcome::Success),
+                // The client broke its own request: says nothing of the endpoint.
+                Err(e) if is_client_fault(e.as_ref()) => None,
+                Err(_) => Some(Outcome::GatewayFailure),
             };
-            group.report(index, outcome);
+            match (outcome, group.members.get(index)) {
+                (Some(outcome), _) => {
+                    group.report(index, outcome);
+                }
+                (None, Some(member)) => member.state.probe_abandoned(Instant::now()),
+                (None, None) => {}
+            }
         }
         Poll::Ready(result)
     }

@@ -26,6 +26,7 @@ use http::Request;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+use crate::body::BoxError;
 use crate::layers::balance::Picked;
 
 /// The outlier state of a destination's endpoints (index as in
@@ -122,7 +123,7 @@ impl<S> Outlier<S> {
 
 impl<S, B, R> tower::Service<Request<B>> for Outlier<S>
 where
-    S: tower::Service<Request<B>, Response = http::Response<R>>,
+    S: tower::Service<Request<B>, Response = http::Response<R>, Error = BoxError>,
 {
     type Response = S::Response;
     type Error = S::Error;

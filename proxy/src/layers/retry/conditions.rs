@@ -5,7 +5,7 @@ use http::StatusCode;
 
 use crate::body::BoxError;
 use crate::layers::timeout::{Elapsed, TimeoutKind};
-use crate::outbound::local_reply::{LocalError, Reason};
+use crate::transport::error::SendError;
 
 /// Why an attempt is retried (the `reason` label of `trellis_retries_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,22 +78,26 @@ impl RetryConditions {
         retry.then_some(RetryReason::Status)
     }
 
+    /// The retry reason of an attempt that failed with `error`, decided by
+    /// its type: a connect failure, a refused stream, a reset, a per-try
+    /// timeout. A failure of the client's own body is never retried.
     pub fn on_error(&self, error: &BoxError) -> Option<RetryReason> {
-        let (reason, allowed) = if let Some(LocalError(r)) = error.downcast_ref::<LocalError>() {
-            match r {
-                Reason::ConnectFailure => (
+        let (reason, allowed) = if let Some(e) = error.downcast_ref::<SendError>() {
+            match e {
+                _ if e.is_client_fault() => return None,
+                SendError::Connect { .. } => (
                     RetryReason::ConnectFailure,
                     self.connect_failure || self.five_xx,
                 ),
-                Reason::UpstreamReset if is_refused_stream(error) => (
+                SendError::Upstream { .. } if e.is_refused_stream() => (
                     RetryReason::RefusedStream,
                     self.refused_stream || self.five_xx,
                 ),
-                Reason::UpstreamReset => (
+                SendError::Upstream { .. } => (
                     RetryReason::Reset,
                     self.reset || self.five_xx || self.gateway_error,
                 ),
-                _ => return None,
+                SendError::Form(_) => return None,
             }
         } else if error
             .downcast_ref::<Elapsed>()
@@ -110,21 +114,10 @@ impl RetryConditions {
     }
 }
 
-/// An HTTP/2 REFUSED_STREAM: the server did not process the request.
-fn is_refused_stream(error: &BoxError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-    while let Some(e) = source {
-        if e.to_string().contains("REFUSED_STREAM") {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::error::ConnectError;
 
     #[test]
     fn status_conditions() {
@@ -144,14 +137,27 @@ mod tests {
     }
 
     #[test]
-    fn error_conditions() {
-        let connect: BoxError = LocalError(Reason::ConnectFailure).into();
-        let reset: BoxError = LocalError(Reason::UpstreamReset).into();
+    fn error_conditions_follow_the_error_type() {
+        // Resets and refused streams need a real HTTP/2 peer: e2e tests
+        // (retry_on.rs) provoke them.
+        let connect: BoxError = SendError::Connect {
+            endpoint: "127.0.0.1:1".into(),
+            source: ConnectError::Closed,
+        }
+        .into();
+        let form: BoxError = SendError::Form(
+            http::Uri::builder()
+                .scheme("a b")
+                .build()
+                .expect_err("a bad scheme"),
+        )
+        .into();
         let c = RetryConditions::parse(["connect-failure"]);
         assert_eq!(c.on_error(&connect), Some(RetryReason::ConnectFailure));
-        assert_eq!(c.on_error(&reset), None);
-        let c = RetryConditions::parse(["5xx"]);
-        assert_eq!(c.on_error(&reset), Some(RetryReason::Reset));
+        assert_eq!(RetryConditions::parse(["reset"]).on_error(&connect), None);
+        let five = RetryConditions::parse(["5xx"]);
+        assert_eq!(five.on_error(&connect), Some(RetryReason::ConnectFailure));
+        assert_eq!(five.on_error(&form), None);
         assert!(RetryReason::ConnectFailure.never_reached_upstream());
         assert!(!RetryReason::Reset.never_reached_upstream());
     }

@@ -14,6 +14,7 @@
 
 mod budget;
 mod conditions;
+mod error;
 mod future;
 mod layer;
 mod policy;
@@ -24,6 +25,7 @@ use http::{Request, Response};
 
 pub use budget::RetryBudget;
 pub use conditions::{RetryConditions, RetryReason};
+pub use error::RetriesExhausted;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{is_idempotent, RetryPolicy};

@@ -8,12 +8,11 @@ use std::time::Duration;
 use http::Response;
 use tokio::time::Sleep;
 
-use super::{RetryBudget, RetryConditions};
+use super::{RetriesExhausted, RetryBudget, RetryConditions};
 use crate::body::BoxError;
 use crate::layers::breaker::RetryGate;
 use crate::layers::timeout::Deadline;
 use crate::metrics::Metrics;
-use crate::outbound::local_reply::{LocalError, Reason};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
@@ -125,8 +124,9 @@ impl RetryPolicy {
         }
         if self.remaining == 0 || !self.budget.withdraw() {
             // An upstream answer is returned as it is; a failure says why.
-            if result.is_err() {
-                *result = Err(LocalError(Reason::RetriesExhausted).into());
+            if let Err(last) = result {
+                let last = std::mem::replace(last, BoxError::from("taken"));
+                *result = Err(RetriesExhausted(last).into());
             }
             return None;
         }

@@ -1,0 +1,52 @@
+//! End-to-end: a request body the client cuts off is the client's fault.
+//! It is answered 400 (when the client still listens) and never counts
+//! against the endpoint: outlier detection ejects no one.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_e2e::harness::{Echo, Proxy};
+use trellis_e2e::rules;
+
+/// A POST announcing 1000 bytes that sends 10 and half-closes; returns the
+/// status line the proxy answered, if any.
+async fn truncated_post(proxy: &Proxy) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound).await?;
+    s.write_all(b"POST / HTTP/1.1\r\nhost: reviews\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await?;
+    s.shutdown().await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_bodies_get_400_and_eject_no_endpoint() -> Result<()> {
+    let (a, b) = (Echo::start("reviews", "v1")?, Echo::start("reviews", "v1")?);
+    let vs = rules::virtual_service("reviews", "  - route: [{destination: {host: reviews}}]\n");
+    let policy = "    outlierDetection: {consecutiveGatewayErrors: 3, consecutive5xxErrors: 3, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    let yaml = rules::service_with_policy("reviews", &[("v1", &a), ("v2", &b)], policy, &vs);
+    let proxy = Proxy::start(&yaml)?;
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(truncated_post(&proxy).await?);
+    }
+    for answer in &answers {
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "a truncated body was answered {answer:?}"
+        );
+    }
+    let ejections = proxy.metric_sum("trellis_outlier_ejections_total", &[])?;
+    assert_eq!(
+        ejections, 0.0,
+        "the client's broken bodies ejected endpoints"
+    );
+    let charged = proxy.metric_sum("trellis_requests_total", &["reason=\"upstream-reset\""])?;
+    assert_eq!(charged, 0.0, "counted as upstream resets");
+    let bad = proxy.metric_sum("trellis_requests_total", &["reason=\"bad-request\""])?;
+    assert_eq!(bad, 8.0);
+    Ok(())
+}
