@@ -2,6 +2,7 @@
 # Installs the outside tools the tests use into ~/.cache/trellis/bin (or
 # $TRELLIS_CACHE/bin), from Debian's packages, without starting any service:
 #   promtool   (from the `prometheus` package; `promtool check metrics`)
+#   grpcio     (PyPI, for python3: the real gRPC peer of e2e/grpc/peer.py)
 # Safe to run again: a tool already there is kept. Called by .ci/run; run it
 # by hand before `cargo test` on a new machine.
 set -euo pipefail
@@ -40,3 +41,9 @@ from_deb() {
 
 from_deb prometheus /usr/bin/promtool
 "$bin/promtool" --version >/dev/null || fail "promtool does not run"
+
+if ! python3 -c "import grpc" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "grpcio>=1.60" \
+        || fail "pip install grpcio failed (is PyPI reachable?)"
+    echo "installed grpcio for $(python3 --version)"
+fi

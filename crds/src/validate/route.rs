@@ -19,6 +19,12 @@ pub const RETRY_ON: &[&str] = &[
     "refused-stream",
     "retriable-4xx",
     "retriable-status-codes",
+    // gRPC status names (Istio's), read from `grpc-status`
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 ];
 
 pub(super) fn check_virtual_service(

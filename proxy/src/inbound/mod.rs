@@ -25,7 +25,7 @@ use crate::discovery::ConfigStore;
 use crate::identity::Identity;
 use crate::metrics::{DurationLabels, Metrics};
 use crate::outbound::headers::strip_hop_by_hop;
-use crate::outbound::local_reply::Reason;
+use crate::outbound::local_reply::{is_grpc, Reason};
 use crate::transport::pool::{EndpointPool, PoolConfig};
 
 /// Authorizes inbound requests and forwards them to the local application.
@@ -74,9 +74,10 @@ impl Inbound {
             .get::<PeerSecurity>()
             .cloned()
             .unwrap_or(PeerSecurity { principal: None });
+        let grpc = is_grpc(req.headers());
         let (response, reason) = match self.authorize(req, &peer) {
-            Ok(request) => self.forward(request).await,
-            Err(reason) => (reason.response(), reason.as_str()),
+            Ok(request) => self.forward(request, grpc).await,
+            Err(reason) => (reason.reply(reason.status(), grpc), reason.as_str()),
         };
         let labels = DurationLabels {
             direction: "inbound",
@@ -166,7 +167,11 @@ impl Inbound {
         ))
     }
 
-    async fn forward(&self, request: Request<RequestBody>) -> (Response<ProxyBody>, &'static str) {
+    async fn forward(
+        &self,
+        request: Request<RequestBody>,
+        grpc: bool,
+    ) -> (Response<ProxyBody>, &'static str) {
         match self.app.send(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
@@ -177,7 +182,7 @@ impl Inbound {
                 let e = BoxError::from(e);
                 let reason = Reason::of(&e);
                 tracing::debug!(error = ?e, "inbound request failed");
-                (reason.response(), reason.as_str())
+                (reason.reply(reason.status(), grpc), reason.as_str())
             }
         }
     }

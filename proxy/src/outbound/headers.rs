@@ -1,5 +1,6 @@
 //! Header handling on the way through: hop-by-hop headers are not
-//! forwarded, and routes' set/add/remove operations are applied.
+//! forwarded (but `te: trailers`, which gRPC needs, is), and routes'
+//! set/add/remove operations are applied.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, TE, TRANSFER_ENCODING,
@@ -39,8 +40,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+    // `te: trailers` is end to end in practice: gRPC servers require it.
+    let trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for name in hop {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 

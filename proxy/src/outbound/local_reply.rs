@@ -120,6 +120,52 @@ impl Reason {
         self.response_with(self.status())
     }
 
+    /// The reply to a request: a gRPC status for a gRPC request (HTTP 200,
+    /// `grpc-status`, `grpc-message`, no body: trailers-only), else
+    /// `status` with the reason as text.
+    pub fn reply(self, status: StatusCode, grpc: bool) -> Response<ProxyBody> {
+        if !grpc {
+            return self.response_with(status);
+        }
+        let mut resp = Response::new(body::full(""));
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_code(status)));
+        headers.insert("grpc-message", HeaderValue::from_static(self.as_str()));
+        headers.insert(REASON_HEADER, HeaderValue::from_static(self.as_str()));
+        resp
+    }
+
+    /// The gRPC status code of this reply (Envoy's HTTP-to-gRPC mapping
+    /// where the reason does not say more).
+    pub fn grpc_code(self, status: StatusCode) -> u16 {
+        const INTERNAL: u16 = 13;
+        const UNAVAILABLE: u16 = 14;
+        match self {
+            Self::NoRoute => 12, // UNIMPLEMENTED
+            Self::NoHealthyUpstream
+            | Self::ConnectFailure
+            | Self::UpstreamReset
+            | Self::RetriesExhausted
+            | Self::Overflow => UNAVAILABLE,
+            Self::Timeout => 4,     // DEADLINE_EXCEEDED
+            Self::RbacDenied => 7,  // PERMISSION_DENIED
+            Self::RateLimited => 8, // RESOURCE_EXHAUSTED
+            Self::BadRequest | Self::InvalidPath => INTERNAL,
+            Self::FaultAbort => match status.as_u16() {
+                400 => INTERNAL,
+                401 => 16, // UNAUTHENTICATED
+                403 => 7,
+                404 => 12,
+                429 | 502..=504 => UNAVAILABLE,
+                _ => 2, // UNKNOWN
+            },
+        }
+    }
+
     /// The reply, with `status` instead of the reason's own.
     pub fn response_with(self, status: StatusCode) -> Response<ProxyBody> {
         let mut resp = Response::new(body::full(format!("{}\n", self.as_str())));
@@ -132,4 +178,11 @@ impl Reason {
         );
         resp
     }
+}
+
+/// A gRPC request (`content-type: application/grpc`, `+proto` and the like).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }

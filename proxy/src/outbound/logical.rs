@@ -8,7 +8,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::forward::{Forward, LocalReply};
-use super::local_reply::Reason;
+use super::local_reply::{is_grpc, Reason};
 use crate::body::{self, ProxyBody};
 use crate::config::NodeConfig;
 use crate::discovery::matcher::RequestView;
@@ -52,10 +52,11 @@ impl Outbound {
         let start = Instant::now();
         ensure_request_id(req.headers_mut());
         let table = self.store.load();
+        let grpc = is_grpc(req.headers());
         let (resp, target, reason) = match self.route(&table, req).await {
             Ok((resp, target)) => (resp, Some(target), ""),
             Err((reply, target)) => (
-                reply.reason.response_with(reply.status),
+                reply.reason.reply(reply.status, grpc),
                 target,
                 reply.reason.as_str(),
             ),

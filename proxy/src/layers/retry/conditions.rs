@@ -1,7 +1,7 @@
 //! `retryOn`: which outcomes of an attempt may be retried (Envoy/Istio
 //! names), and why.
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
 use crate::body::BoxError;
 use crate::layers::timeout::{Elapsed, TimeoutKind};
@@ -12,6 +12,8 @@ use crate::transport::error::SendError;
 pub enum RetryReason {
     /// An upstream response with a retriable status.
     Status,
+    /// A gRPC response with a retriable `grpc-status`.
+    Grpc,
     ConnectFailure,
     RefusedStream,
     Reset,
@@ -22,6 +24,7 @@ impl RetryReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Status => "status",
+            Self::Grpc => "grpc-status",
             Self::ConnectFailure => "connect-failure",
             Self::RefusedStream => "refused-stream",
             Self::Reset => "reset",
@@ -46,7 +49,18 @@ pub struct RetryConditions {
     refused_stream: bool,
     retriable_4xx: bool,
     codes: Vec<u16>,
+    /// gRPC status codes to retry (`cancelled`, `unavailable`, ...).
+    grpc: Vec<u16>,
 }
+
+/// Istio's gRPC `retryOn` tokens and the status code each stands for.
+pub const GRPC_RETRY_ON: &[(&str, u16)] = &[
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
 
 impl RetryConditions {
     /// From `retryOn` tokens; unknown tokens are ignored (validation
@@ -63,19 +77,34 @@ impl RetryConditions {
                 "retriable-4xx" => c.retriable_4xx = true,
                 // the codes themselves come as bare numbers
                 "retriable-status-codes" => {}
-                other => c.codes.extend(other.parse::<u16>().ok()),
+                other => match GRPC_RETRY_ON.iter().find(|(name, _)| *name == other) {
+                    Some((_, code)) => c.grpc.push(*code),
+                    None => c.codes.extend(other.parse::<u16>().ok()),
+                },
             }
         }
         c
     }
 
-    pub fn on_status(&self, status: StatusCode) -> Option<RetryReason> {
+    /// The retry reason of a response: its status, or the `grpc-status`
+    /// of a trailers-only gRPC response (in its headers, as Envoy reads it).
+    pub fn on_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<RetryReason> {
         let code = status.as_u16();
         let retry = (self.five_xx && status.is_server_error())
             || (self.gateway_error && matches!(code, 502..=504))
             || (self.retriable_4xx && code == 409)
             || self.codes.contains(&code);
-        retry.then_some(RetryReason::Status)
+        if retry {
+            return Some(RetryReason::Status);
+        }
+        if self.grpc.is_empty() {
+            return None;
+        }
+        let grpc = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok())?;
+        self.grpc.contains(&grpc).then_some(RetryReason::Grpc)
     }
 
     /// The retry reason of an attempt that failed with `error`, decided by
@@ -121,19 +150,43 @@ mod tests {
 
     #[test]
     fn status_conditions() {
+        let none = HeaderMap::new();
         let c = RetryConditions::parse(["gateway-error", "409", "retriable-status-codes"]);
         assert_eq!(
-            c.on_status(StatusCode::SERVICE_UNAVAILABLE),
+            c.on_response(StatusCode::SERVICE_UNAVAILABLE, &none),
             Some(RetryReason::Status)
         );
-        assert_eq!(c.on_status(StatusCode::INTERNAL_SERVER_ERROR), None);
-        assert_eq!(c.on_status(StatusCode::CONFLICT), Some(RetryReason::Status));
+        assert_eq!(
+            c.on_response(StatusCode::INTERNAL_SERVER_ERROR, &none),
+            None
+        );
+        assert_eq!(
+            c.on_response(StatusCode::CONFLICT, &none),
+            Some(RetryReason::Status)
+        );
         let five = RetryConditions::parse(["5xx"]);
         assert_eq!(
-            five.on_status(StatusCode::INTERNAL_SERVER_ERROR),
+            five.on_response(StatusCode::INTERNAL_SERVER_ERROR, &none),
             Some(RetryReason::Status)
         );
-        assert_eq!(five.on_status(StatusCode::NOT_FOUND), None);
+        assert_eq!(five.on_response(StatusCode::NOT_FOUND, &none), None);
+    }
+
+    #[test]
+    fn grpc_conditions_read_grpc_status() {
+        let mut unavailable = HeaderMap::new();
+        unavailable.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let mut not_found = HeaderMap::new();
+        not_found.insert("grpc-status", http::HeaderValue::from_static("5"));
+        let c = RetryConditions::parse(["unavailable", "cancelled"]);
+        assert_eq!(
+            c.on_response(StatusCode::OK, &unavailable),
+            Some(RetryReason::Grpc)
+        );
+        assert_eq!(c.on_response(StatusCode::OK, &not_found), None);
+        assert_eq!(c.on_response(StatusCode::OK, &HeaderMap::new()), None);
+        let http_only = RetryConditions::parse(["5xx"]);
+        assert_eq!(http_only.on_response(StatusCode::OK, &unavailable), None);
     }
 
     #[test]

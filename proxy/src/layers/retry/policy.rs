@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Response;
 use tokio::time::Sleep;
 
-use super::{RetriesExhausted, RetryBudget, RetryConditions};
+use super::{RetriesExhausted, RetryBudget, RetryConditions, RetryReason};
 use crate::body::BoxError;
 use crate::layers::breaker::RetryGate;
 use crate::layers::timeout::Deadline;
@@ -110,10 +110,14 @@ impl RetryPolicy {
     pub(super) fn retry<B>(&mut self, result: &mut Result<Response<B>, BoxError>) -> Option<Sleep> {
         self.release(); // the previous retry, if any, is over
         let reason = match result {
-            Ok(resp) => self.conditions.on_status(resp.status()),
+            Ok(resp) => self.conditions.on_response(resp.status(), resp.headers()),
             Err(e) => self.conditions.on_error(e),
         }?;
-        if !self.replay_safe && !reason.never_reached_upstream() {
+        // A retry on a gRPC status is gRPC's own retry policy: the codes the
+        // route names are the ones its owner declares safe to send again,
+        // whatever the method (gRPC always uses POST).
+        let grpc = reason == RetryReason::Grpc;
+        if !self.replay_safe && !reason.never_reached_upstream() && !grpc {
             return None;
         }
         let wait = backoff(self.attempt + 1);
