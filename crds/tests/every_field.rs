@@ -108,8 +108,6 @@ fn every_field_is_compiled_or_refused_with_its_position() {
     }
     // What a user tried and found silently ignored before is refused now.
     for named in [
-        "spec.http[2].mirror",
-        "spec.http[2].mirrorPercentage",
         "spec.tcp",
         "spec.tls",
         "spec.gateways[1]",

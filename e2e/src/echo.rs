@@ -14,7 +14,8 @@
 //! request (as if it broke, or recovered: `status=200`).
 //!
 //! `GET /_echo/stats` returns `{"requests": N, "connections": K,
-//! "by_method": {..}, "cancelled": C}`: requests and connections received so
+//! "by_method": {..}, "by_host": {..}, "cancelled": C}`: requests (by method
+//! and by `Host`/`:authority`) and connections received so
 //! far, and how many requests were abandoned by the client (connection or
 //! stream closed) before the answer was ready.
 
@@ -45,6 +46,7 @@ pub struct Echo {
     connections: AtomicU64,
     cancelled: Arc<AtomicU64>,
     by_method: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    by_host: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Status of every answer unless a request says otherwise (0 = 200).
     default_status: std::sync::atomic::AtomicU16,
     /// Request ids seen by `fail-once`.
@@ -74,6 +76,7 @@ impl Echo {
             connections: AtomicU64::new(0),
             cancelled: Arc::new(AtomicU64::new(0)),
             by_method: Default::default(),
+            by_host: Default::default(),
             seen_ids: Default::default(),
             default_status: std::sync::atomic::AtomicU16::new(0),
         })
@@ -108,6 +111,7 @@ impl Echo {
                 "connections": self.connections.load(Ordering::SeqCst),
                 "cancelled": self.cancelled.load(Ordering::SeqCst),
                 "by_method": *self.by_method.lock().expect("not poisoned"),
+                "by_host": *self.by_host.lock().expect("not poisoned"),
             });
             return self.respond(StatusCode::OK, full(format!("{stats}\n")));
         }
@@ -132,6 +136,19 @@ impl Echo {
             .lock()
             .expect("not poisoned")
             .entry(req.method().to_string())
+            .or_default() += 1;
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string();
+        *self
+            .by_host
+            .lock()
+            .expect("not poisoned")
+            .entry(host)
             .or_default() += 1;
         let mut in_flight = InFlight {
             cancelled: self.cancelled.clone(),

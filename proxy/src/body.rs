@@ -47,7 +47,52 @@ pub enum RequestBody {
     Streaming {
         prefix: Option<Bytes>,
         rest: hyper::body::Incoming,
+        /// A copy kept for mirrors, while the body stays small enough.
+        tee: Option<Box<Tee>>,
     },
+}
+
+/// A mirror's copy of a request body.
+#[derive(Debug)]
+pub enum BodyCopy {
+    /// The whole body, known now.
+    Ready(Bytes),
+    /// The body as the main request streams it: `Some` once it has ended
+    /// within the limit, `None` when it grew past it; the sender is dropped
+    /// if the main request ends first.
+    Pending(tokio::sync::oneshot::Receiver<Option<Bytes>>),
+    /// Larger than the limit: not copied.
+    TooLarge,
+}
+
+/// Copies a streamed body's data as it passes, up to `limit` bytes.
+#[derive(Debug)]
+pub struct Tee {
+    buf: bytes::BytesMut,
+    limit: usize,
+    done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+}
+
+impl Tee {
+    fn data(&mut self, data: &Bytes) {
+        if self.done.is_none() {
+            return;
+        }
+        if self.buf.len() + data.len() > self.limit {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(None);
+            }
+            self.buf = bytes::BytesMut::new();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Some(std::mem::take(&mut self.buf).freeze()));
+        }
+    }
 }
 
 impl RequestBody {
@@ -87,6 +132,7 @@ impl RequestBody {
                             return Ok(Self::Streaming {
                                 prefix: Some(buf.freeze()),
                                 rest: body,
+                                tee: None,
                             });
                         }
                     }
@@ -97,6 +143,44 @@ impl RequestBody {
                         })
                     }
                 },
+            }
+        }
+    }
+}
+
+impl RequestBody {
+    /// A body streamed as it arrives.
+    pub fn streaming(rest: hyper::body::Incoming) -> Self {
+        Self::Streaming {
+            prefix: None,
+            rest,
+            tee: None,
+        }
+    }
+
+    /// A copy of this body for mirrors, if it is at most `limit` bytes: at
+    /// once when it is buffered or empty, else as it streams to the main
+    /// destination (never buffered whole ahead of it). Trailers are not
+    /// copied. One copy per body.
+    pub fn copy_for_mirror(&mut self, limit: usize) -> BodyCopy {
+        use http_body::Body as _;
+        match self {
+            Self::Buffered { data, .. } => match data {
+                Some(d) if d.len() > limit => BodyCopy::TooLarge,
+                d => BodyCopy::Ready(d.clone().unwrap_or_default()),
+            },
+            Self::Streaming {
+                prefix: Some(_), ..
+            } => BodyCopy::TooLarge,
+            Self::Streaming { rest, .. } if rest.is_end_stream() => BodyCopy::Ready(Bytes::new()),
+            Self::Streaming { tee, .. } => {
+                let (done, copy) = tokio::sync::oneshot::channel();
+                *tee = Some(Box::new(Tee {
+                    buf: bytes::BytesMut::new(),
+                    limit,
+                    done: Some(done),
+                }));
+                BodyCopy::Pending(copy)
             }
         }
     }
@@ -118,15 +202,29 @@ impl http_body::Body for RequestBody {
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
             }
-            Self::Streaming { prefix, rest } => {
+            Self::Streaming { prefix, rest, tee } => {
                 if let Some(prefix) = prefix.take() {
                     return Poll::Ready(Some(Ok(http_body::Frame::data(prefix))));
                 }
+                let polled = std::pin::Pin::new(&mut *rest).poll_frame(cx);
+                if let Some(t) = tee {
+                    match &polled {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Some(data) = frame.data_ref() {
+                                t.data(data);
+                            }
+                            if rest.is_end_stream() {
+                                t.end();
+                            }
+                        }
+                        Poll::Ready(None) => t.end(),
+                        Poll::Ready(Some(Err(_))) => *tee = None,
+                        Poll::Pending => {}
+                    }
+                }
                 // The client's body failing is the client's fault: say so
                 // in the error's type, whatever the upstream side makes of it.
-                std::pin::Pin::new(rest)
-                    .poll_frame(cx)
-                    .map_err(|e| BoxError::from(ClientBodyError(e)))
+                polled.map_err(|e| BoxError::from(ClientBodyError(e)))
             }
         }
     }
@@ -134,7 +232,7 @@ impl http_body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
-            Self::Streaming { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Self::Streaming { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -143,7 +241,7 @@ impl http_body::Body for RequestBody {
             Self::Buffered { data, .. } => {
                 http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Self::Streaming { prefix, rest } => {
+            Self::Streaming { prefix, rest, .. } => {
                 let hint = rest.size_hint();
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let mut out = http_body::SizeHint::new();

@@ -64,6 +64,13 @@ pub struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub destination_service: String,
+    /// `sent` (answered), `failed`, `too-large`, `incomplete`, `overflow`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
 }
@@ -84,6 +91,7 @@ pub struct Metrics {
     pub cert_expiry: Family<Vec<(String, String)>, Gauge>,
     pub cert_renewals: Family<ReloadLabels, Counter>,
     pub handshake_failures: Family<HandshakeLabels, Counter>,
+    pub mirror_requests: Family<MirrorLabels, Counter>,
     registry: Registry,
 }
 
@@ -169,7 +177,14 @@ impl Metrics {
             "mTLS handshakes that failed, by side and reason",
             handshake_failures.clone(),
         );
+        let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Copies of requests for mirrors, by what became of them",
+            mirror_requests.clone(),
+        );
         Self {
+            mirror_requests,
             cert_expiry,
             cert_renewals,
             handshake_failures,
@@ -192,6 +207,15 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    pub fn mirror(&self, service: &str, result: &'static str) {
+        self.mirror_requests
+            .get_or_create(&MirrorLabels {
+                destination_service: service.to_string(),
+                result,
+            })
+            .inc();
     }
 
     pub fn retry(&self, reason: &'static str) {

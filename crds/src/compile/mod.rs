@@ -146,7 +146,37 @@ impl Compiler<'_> {
             }),
             redirect: route.redirect.as_ref().map(policy::redirect),
             rate_limit: route.rate_limit.as_ref().map(policy::rate_limit),
+            mirrors: self.mirrors(route, ns),
         }
+    }
+
+    /// `mirror` (with `mirrorPercentage`, or the deprecated `mirrorPercent`;
+    /// all requests when neither) and `mirrors`, each with its cluster.
+    fn mirrors(&mut self, route: &HttpRoute, ns: &str) -> Vec<api::Mirror> {
+        let single = route.mirror.as_ref().map(|d| {
+            let share = route
+                .mirror_percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(route.mirror_percent.map(f64::from));
+            (d, share)
+        });
+        let listed = route
+            .mirrors
+            .iter()
+            .map(|m| (&m.destination, m.percentage.as_ref().map(|p| p.value)));
+        single
+            .into_iter()
+            .chain(listed)
+            .map(|(d, share)| {
+                let host = qualify(&d.host, ns);
+                let port = d.port.as_ref().map(|p| p.number);
+                api::Mirror {
+                    cluster: self.cluster(&host, d.subset.as_deref().unwrap_or(""), port),
+                    percentage: share.unwrap_or(100.0),
+                }
+            })
+            .collect()
     }
 
     /// The route of a host no VirtualService routes: all of its endpoints.

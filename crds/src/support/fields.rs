@@ -162,19 +162,12 @@ const VIRTUAL_SERVICE: &[Field] = &[
     ),
     f("http[].fault.abort.percentage", Object("Percent")),
     f("http[].fault.abort.percent", Enforced),
-    f("http[].mirror", Refused("mirroring is not implemented yet")),
-    f(
-        "http[].mirrors",
-        Refused("mirroring is not implemented yet"),
-    ),
-    f(
-        "http[].mirrorPercentage",
-        Refused("mirroring is not implemented yet"),
-    ),
-    f(
-        "http[].mirrorPercent",
-        Refused("mirroring is not implemented yet"),
-    ),
+    f("http[].mirror", Object("Destination")),
+    f("http[].mirrorPercentage", Object("Percent")),
+    f("http[].mirrorPercent", Enforced),
+    f("http[].mirrors", Enforced),
+    f("http[].mirrors[].destination", Object("Destination")),
+    f("http[].mirrors[].percentage", Object("Percent")),
     f(
         "http[].corsPolicy",
         Refused("CORS is not handled by the proxy"),

@@ -18,11 +18,11 @@ fn refused(kind: &str, yaml: &str) -> Vec<String> {
 fn a_refused_field_is_named_with_its_path_and_reason() {
     let got = refused(
         "VirtualService",
-        "hosts: [a]\nhttp:\n- route: [{destination: {host: a}}]\n- mirror: {host: b}\n  route: [{destination: {host: a}}]\n",
+        "hosts: [a]\nhttp:\n- route: [{destination: {host: a}}]\n- corsPolicy: {}\n  route: [{destination: {host: a}}]\n",
     );
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
-        got[0].starts_with("spec.http[1].mirror: not supported: mirroring"),
+        got[0].starts_with("spec.http[1].corsPolicy: not supported: CORS"),
         "{got:?}"
     );
 }

@@ -66,16 +66,35 @@ pub struct HttpRoute {
     pub retries: Option<HttpRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFaultInjection>,
+    /// A copy of each request goes here (fire and forget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Destination>,
+    /// Share of requests `mirror` copies; all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
+    /// Deprecated Istio spelling of `mirrorPercentage` (whole percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<u32>,
+    /// Several mirrors, each with its own share (instead of `mirror`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<HttpMirrorPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
     /// Trellis extension: a token bucket for the route's requests (each
     /// proxy has its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<super::RateLimit>,
+}
+
+/// One mirror of a route: where copies go and for what share of requests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    /// All requests when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
 }
 
 /// Conditions on a request; all set fields must hold.

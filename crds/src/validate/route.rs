@@ -197,9 +197,25 @@ fn check_http_route(
     }
     if let Some(mirror) = &route.mirror {
         check_destination(&path.key("mirror"), mirror, ns, subsets, at);
+        if !route.mirrors.is_empty() {
+            at.error(
+                &path.key("mirrors"),
+                "set either mirror or mirrors, not both",
+            );
+        }
     }
     if let Some(p) = &route.mirror_percentage {
         at.percent(&path.key("mirrorPercentage").key("value"), p.value);
+    }
+    if let Some(p) = route.mirror_percent {
+        at.percent(&path.key("mirrorPercent"), p.into());
+    }
+    for (i, m) in route.mirrors.iter().enumerate() {
+        let mpath = path.key("mirrors").index(i);
+        check_destination(&mpath.key("destination"), &m.destination, ns, subsets, at);
+        if let Some(p) = &m.percentage {
+            at.percent(&mpath.key("percentage").key("value"), p.value);
+        }
     }
     if let Some(redirect) = &route.redirect {
         let rpath = path.key("redirect");

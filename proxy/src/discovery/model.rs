@@ -66,6 +66,16 @@ pub struct Route {
     pub response_headers: Option<api::HeaderOperations>,
     /// `rateLimit` of the route (a new bucket on each config).
     pub rate_limit: Option<RateLimit>,
+    /// `mirror` / `mirrors`: where copies of the requests go.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One mirror of a route.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: Arc<Cluster>,
+    /// Share of requests copied, 0..=100.
+    pub percentage: f64,
 }
 
 /// `retries` of a route, compiled.
@@ -291,7 +301,24 @@ fn route(
             })
         })
         .collect::<Result<_, _>>()?;
+    let mirrors = r
+        .mirrors
+        .iter()
+        .map(|m| {
+            let cluster = clusters.get(m.cluster.as_str()).cloned().ok_or_else(|| {
+                ModelError::UnknownCluster {
+                    route: r.name.clone(),
+                    cluster: m.cluster.clone(),
+                }
+            })?;
+            Ok(Mirror {
+                cluster,
+                percentage: m.percentage,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Route {
+        mirrors,
         name: r.name.clone(),
         total_weight: destinations.iter().map(|d| d.weight).sum(),
         matches,

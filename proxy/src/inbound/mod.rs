@@ -158,13 +158,7 @@ impl Inbound {
         parts.uri =
             Uri::from(PathAndQuery::try_from(path.as_str()).map_err(|_| Reason::InvalidPath)?);
         parts.version = Version::HTTP_11;
-        Ok(Request::from_parts(
-            parts,
-            RequestBody::Streaming {
-                prefix: None,
-                rest: incoming,
-            },
-        ))
+        Ok(Request::from_parts(parts, RequestBody::streaming(incoming)))
     }
 
     async fn forward(

@@ -1,5 +1,5 @@
 //! Sends a routed request to its destination through the route's
-//! policies: fault injection, then route timeout -> pool limits -> retries
+//! policies: fault injection, copies to mirrors, then route timeout -> pool limits -> retries
 //! -> per-try timeout -> balancer -> outlier detection -> the endpoint's
 //! client (`endpoint::Upstream`). The route timeout is a deadline from
 //! routing on: it bounds the wait for a pool slot, and on a retried route it
@@ -7,17 +7,17 @@
 
 use std::sync::Arc;
 
-use http::header::HOST;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tower::util::Either;
 use tower::ServiceExt;
-use trellis_api::Protocol;
 
 use super::endpoint::Upstream;
 use super::headers;
 use super::local_reply::Reason;
+use super::mirror::{request_head, Mirrors};
+use super::request::prepare;
+use super::sample::chance;
 use crate::body::{self, ProxyBody, RequestBody, REPLAY_LIMIT};
 use crate::discovery::cluster::HashPolicy;
 use crate::discovery::model::{Route, WeightedCluster};
@@ -28,7 +28,6 @@ use crate::layers::retry::{policy_for, Retry, RetryPolicy};
 use crate::layers::timeout::{Deadline, Timeout, TimeoutKind};
 use crate::metrics::Metrics;
 use crate::transport::listen::PeerAddr;
-use crate::transport::pool::into_http2_form;
 
 /// A reply the proxy makes itself instead of an upstream response.
 #[derive(Clone, Copy, Debug)]
@@ -51,11 +50,15 @@ impl From<Reason> for LocalReply {
 #[derive(Clone, Debug)]
 pub struct Forward {
     metrics: Arc<Metrics>,
+    mirrors: Mirrors,
 }
 
 impl Forward {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self {
+            mirrors: Mirrors::new(metrics.clone()),
+            metrics,
+        }
     }
 
     pub async fn send(
@@ -80,20 +83,22 @@ impl Forward {
             }
         }
         let (mut parts, incoming) = req.into_parts();
-        prepare(&mut parts, route, destination)?;
+        let head = (!route.mirrors.is_empty()).then(|| request_head(&parts));
+        let cluster = &destination.cluster;
+        let extra = destination.request_headers.as_ref();
+        prepare(&mut parts, route, cluster.protocol, extra, false)?;
         let replay_safe = route.retry.as_ref().is_some_and(|r| r.non_idempotent)
             || crate::layers::retry::is_idempotent(&parts.method);
-        let body = match &route.retry {
+        let mut body = match &route.retry {
             Some(_) => RequestBody::read(incoming, REPLAY_LIMIT)
                 .await
                 .map_err(|_| Reason::BadRequest)?,
-            None => RequestBody::Streaming {
-                prefix: None,
-                rest: incoming,
-            },
+            None => RequestBody::streaming(incoming),
         };
+        if let Some(head) = &head {
+            self.mirrors.start(route, head, &mut body);
+        }
         let upstream = Request::from_parts(parts, body);
-        let cluster = &destination.cluster;
         let key = cluster.hash.as_ref().and_then(|p| hash_key(p, &upstream));
         let endpoint = Balance::new(
             Outlier::new(Upstream::new(cluster.clone()), cluster.outlier.clone()),
@@ -156,58 +161,4 @@ fn hash_key<B>(policy: &HashPolicy, req: &Request<B>) -> Option<u64> {
             (k == name).then(|| stable_hash(v))
         }),
     }
-}
-
-/// True for `percent`% of calls.
-fn chance(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
-}
-
-/// Host, path rewrite, hop-by-hop headers, header operations and protocol
-/// of the upstream request. The endpoint is filled in per attempt.
-fn prepare(
-    parts: &mut http::request::Parts,
-    route: &Route,
-    destination: &WeightedCluster,
-) -> Result<(), Reason> {
-    // An HTTP/2 request names its authority only in the URI: keep it as Host.
-    if !parts.headers.contains_key(HOST) {
-        if let Some(a) = parts.uri.authority() {
-            let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadRequest)?;
-            parts.headers.insert(HOST, host);
-        }
-    }
-    if let Some(authority) = route
-        .rewrite
-        .as_ref()
-        .map(|r| r.authority.as_str())
-        .filter(|a| !a.is_empty())
-    {
-        let host = HeaderValue::from_str(authority).map_err(|_| Reason::BadRequest)?;
-        parts.headers.insert(HOST, host);
-    }
-    let path_and_query = match route.rewrite_path(parts.uri.path()) {
-        Some(path) => match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        }
-        .parse()
-        .map_err(|_| Reason::BadRequest)?,
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    };
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if destination.cluster.protocol == Protocol::Http2 {
-        // HTTP/2 carries the authority as :authority, from the URI.
-        into_http2_form(parts, path_and_query).map_err(|_| Reason::BadRequest)?;
-    } else {
-        parts.uri = Uri::from(path_and_query);
-        parts.version = Version::HTTP_11;
-    }
-    headers::apply(&mut parts.headers, route.request_headers.as_ref());
-    headers::apply(&mut parts.headers, destination.request_headers.as_ref());
-    Ok(())
 }
