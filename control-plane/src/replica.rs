@@ -99,18 +99,22 @@ impl Replica {
         Some((id, addr))
     }
 
-    /// The leader, waiting up to [`LEADER_WAIT`] for one to be elected.
+    /// The leader, waiting up to [`LEADER_WAIT`] for one to be elected
+    /// (woken by openraft's metrics as they change, not by polling).
     pub async fn wait_leader(&self) -> Option<(NodeId, String)> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            if let Some(leader) = self.leader() {
-                return Some(leader);
+        let mut changes = self.raft.metrics();
+        let elected = async {
+            loop {
+                if let Some(leader) = self.leader() {
+                    return Some(leader);
+                }
+                changes.changed().await.ok()?;
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        tokio::time::timeout(LEADER_WAIT, elected)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether this replica leads now.

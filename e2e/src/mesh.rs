@@ -342,6 +342,32 @@ impl ConnectedProxy {
         Ok(crate::client::blocking_get(self.admin, "/metrics")?.1)
     }
 
+    /// Waits until the proxy's config routes `host` (a name it answers
+    /// to): ready alone may mean an earlier config (the root CA's).
+    pub fn wait_host(&self, host: &str, timeout: Duration) -> Result<()> {
+        let knows = || {
+            crate::client::blocking_get(self.admin, "/config_dump").is_ok_and(|(_, body)| {
+                serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|dump| {
+                    dump["hosts"].as_array().into_iter().flatten().any(|h| {
+                        h["domains"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|d| d == host)
+                    })
+                })
+            })
+        };
+        if !wait_until(timeout, knows) {
+            bail!(
+                "proxy {} has no route for {host}:\n{}",
+                self.id,
+                self.process.log_text()
+            );
+        }
+        Ok(())
+    }
+
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         if !wait_until(timeout, || self.is_ready()) {
             self.process.check_running()?;

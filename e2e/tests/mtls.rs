@@ -138,6 +138,7 @@ impl Mesh {
             ConnectedProxy::spawn_with("web-sidecar", &cp.xds_urls(), &sidecar("web", &[]))?;
         server.wait_ready(Duration::from_secs(15))?;
         client.wait_ready(Duration::from_secs(15))?;
+        client.wait_host("reviews.default.svc.cluster.local", Duration::from_secs(10))?;
         Ok(Self {
             ca,
             cp,

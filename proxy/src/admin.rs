@@ -53,8 +53,12 @@ impl Admin {
             "/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/metrics" => {
                 let table = self.store.load();
-                self.metrics
-                    .set_endpoints(table.clusters.iter().map(AsRef::as_ref));
+                self.metrics.set_endpoints(
+                    table
+                        .clusters
+                        .iter()
+                        .map(|c| (c.service.as_str(), c.subset.as_str(), c.health_counts())),
+                );
                 if let Some(identity) = &self.identity {
                     identity.refresh_metrics();
                 }

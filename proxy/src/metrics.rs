@@ -242,19 +242,22 @@ impl Metrics {
             .clone()
     }
 
-    /// Sets `trellis_endpoints` from the clusters in use (called per scrape).
-    pub fn set_endpoints<'a>(&self, clusters: impl Iterator<Item = &'a crate::discovery::Cluster>) {
+    /// Sets `trellis_endpoints` from the destinations in use (called per
+    /// scrape): `(service, subset, (healthy, ejected, probing))` each.
+    pub fn set_endpoints<'a>(
+        &self,
+        destinations: impl Iterator<Item = (&'a str, &'a str, (usize, usize, usize))>,
+    ) {
         self.endpoints.clear();
-        for c in clusters {
-            let (healthy, ejected, probing) = c.health_counts();
+        for (service, subset, (healthy, ejected, probing)) in destinations {
             for (state, n) in [
                 ("healthy", healthy),
                 ("ejected", ejected),
                 ("probing", probing),
             ] {
                 let labels = EndpointLabels {
-                    destination_service: c.service.clone(),
-                    destination_subset: c.subset.clone(),
+                    destination_service: service.to_string(),
+                    destination_subset: subset.to_string(),
                     state,
                 };
                 self.endpoints

@@ -16,19 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::replica::{Replica, WriteError};
 use crate::state::MeshCommand;
 
-/// The root of trust as stored in the replicated state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaRecord {
-    pub trust_domain: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub use crate::state::CaRecord;
 
 /// A new self-signed root for `trust_domain`, valid ten years.
 pub fn generate_root(trust_domain: &str) -> Result<CaRecord, rcgen::Error> {
@@ -102,7 +95,12 @@ pub async fn run(replica: Arc<Replica>, source: CaSource, mut shutdown: watch::R
         },
         None => None,
     };
+    // Woken when leadership changes (Raft's metrics, not polled); a
+    // proposal that found no quorum is tried again after a pause.
+    let mut changes = replica.raft.metrics();
     loop {
+        let acted_on = leadership(&changes.borrow());
+        let mut retry = false;
         if replica.is_leader() && replica.linearize().await.is_ok() {
             let current = replica.sm.read(|a| a.state.ca().cloned());
             let wanted = match (&from_files, current) {
@@ -124,17 +122,39 @@ pub async fn run(replica: Arc<Replica>, source: CaSource, mut shutdown: watch::R
                     }
                     Err(WriteError::Invalid(e)) => tracing::error!(errors = ?e, "root CA refused"),
                     Err(WriteError::Unavailable(e)) => {
-                        tracing::debug!(error = %e, "root CA not stored yet")
+                        tracing::debug!(error = %e, "root CA not stored yet");
+                        retry = true;
                     }
                 }
             }
         }
+        let pause = async {
+            if retry {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            } else if changes
+                .wait_for(|m| leadership(m) != acted_on)
+                .await
+                .is_err()
+            {
+                std::future::pending::<()>().await; // Raft is gone: wait for shutdown
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = pause => {}
             _ = shutdown.changed() => return,
         }
     }
 }
+
+/// Who leads in which term: what the root's keeper acts on.
+fn leadership(
+    m: &openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>,
+) -> (Option<u64>, u64) {
+    (m.current_leader, m.current_term)
+}
+
+/// How long a proposal of the root that found no quorum waits to try again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -19,23 +19,29 @@ pub struct StoreError {
     source: redb::Error,
 }
 
-/// Opens (or creates) `dir/raft.redb` and returns the log store and the
-/// state machine over it, the state machine restored from its last snapshot.
-pub fn open(dir: &Path) -> Result<(super::LogStore, super::StateMachineStore), StoreError> {
-    let path = dir.join("raft.redb");
-    let err = |source: redb::Error| StoreError {
-        path: path.display().to_string(),
-        source,
-    };
+impl StoreError {
+    /// An error of the store in `dir`.
+    pub(super) fn of(dir: &Path) -> impl Fn(redb::Error) -> Self {
+        let path = dir.join(FILE).display().to_string();
+        move |source| Self {
+            path: path.clone(),
+            source,
+        }
+    }
+}
+
+const FILE: &str = "raft.redb";
+
+/// Opens (or creates) `dir/raft.redb` with its tables.
+pub(super) fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
+    let err = StoreError::of(dir);
     std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::from(e)))?;
-    let db = Database::create(&path).map_err(|e| err(e.into()))?;
+    let db = Database::create(dir.join(FILE)).map_err(|e| err(e.into()))?;
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
     txn.open_table(LOGS).map_err(|e| err(e.into()))?;
     txn.open_table(META).map_err(|e| err(e.into()))?;
     txn.commit().map_err(|e| err(e.into()))?;
-    let db = Arc::new(db);
-    let state_machine = super::StateMachineStore::open(db.clone()).map_err(err)?;
-    Ok((super::LogStore::new(db), state_machine))
+    Ok(Arc::new(db))
 }
 
 /// Runs a blocking redb operation off the async runtime's threads.

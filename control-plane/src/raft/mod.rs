@@ -17,7 +17,7 @@ mod tests;
 
 use std::io::Cursor;
 
-pub use db::{open, StoreError};
+pub use db::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 
@@ -35,6 +35,14 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
 );
+
+/// Opens (or creates) `dir/raft.redb` and returns the log store and the
+/// state machine over it, the state machine restored from its last snapshot.
+pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let db = db::open_database(dir)?;
+    let state_machine = StateMachineStore::open(db.clone()).map_err(StoreError::of(dir))?;
+    Ok((LogStore::new(db), state_machine))
+}
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;

@@ -25,6 +25,15 @@ impl fmt::Display for ResourceKey {
     }
 }
 
+/// The mesh's root of trust as stored in the replicated state (the `ca`
+/// module generates, loads and signs with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub trust_domain: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// One entry of the Raft log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MeshCommand {
@@ -42,7 +51,7 @@ pub enum MeshCommand {
     /// Several changes applied together, as one config version.
     Batch(Vec<MeshCommand>),
     /// Sets the mesh's root CA (replacing any).
-    SetCa { ca: crate::ca::CaRecord },
+    SetCa { ca: CaRecord },
 }
 
 /// What applying a command did.
@@ -64,7 +73,7 @@ pub struct Record {
 #[serde(from = "Stored", into = "Stored")]
 pub struct MeshState {
     resources: BTreeMap<ResourceKey, Record>,
-    ca: Option<crate::ca::CaRecord>,
+    ca: Option<CaRecord>,
 }
 
 /// [`MeshState`] as serialized (snapshots): JSON object keys must be
@@ -73,7 +82,7 @@ pub struct MeshState {
 struct Stored {
     resources: Vec<(ResourceKey, Record)>,
     #[serde(default)]
-    ca: Option<crate::ca::CaRecord>,
+    ca: Option<CaRecord>,
 }
 
 impl From<Stored> for MeshState {
@@ -139,7 +148,7 @@ impl MeshState {
     }
 
     /// The root CA, once the leader has stored one.
-    pub fn ca(&self) -> Option<&crate::ca::CaRecord> {
+    pub fn ca(&self) -> Option<&CaRecord> {
         self.ca.as_ref()
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use trellis_api as api;
 
-use super::model::ModelError;
+use super::error::ModelError;
 use crate::identity::Identity;
 use crate::layers::balance::{Balancer, EndpointLoad, Ring, Targets};
 use crate::layers::breaker::{PoolLimit, RetryGate};

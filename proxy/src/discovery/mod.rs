@@ -4,6 +4,7 @@
 //! control-plane stream ([`remote`]).
 
 pub mod cluster;
+pub mod error;
 pub mod matcher;
 pub mod model;
 pub mod remote;

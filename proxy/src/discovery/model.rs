@@ -8,27 +8,13 @@ use std::time::Duration;
 use trellis_api as api;
 
 use super::cluster::{Cluster, Env};
-use super::matcher::{CompiledMatch, MatchError, RequestView};
+pub use super::error::ModelError;
+use super::matcher::{CompiledMatch, RequestView};
 use crate::config::NodeConfig;
 use crate::inbound::policy::InboundPolicy;
 use crate::layers::rate_limit::RateLimit;
 use crate::layers::retry::RetryConditions;
 use crate::metrics::RouteSeries;
-
-/// Why a config cannot be run (the reasons of a NACK).
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("route {route}: {source}")]
-    Match { route: String, source: MatchError },
-    #[error("route {route}: unknown cluster {cluster:?}")]
-    UnknownCluster { route: String, cluster: String },
-    #[error("cluster {cluster}: endpoint {address}:{port} is not a valid authority")]
-    BadEndpoint {
-        cluster: String,
-        address: String,
-        port: u32,
-    },
-}
 
 /// All virtual hosts by every name a client may use, and the clusters.
 #[derive(Debug, Default)]

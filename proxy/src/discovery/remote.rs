@@ -4,7 +4,8 @@
 //! hash of the config it now runs, or NACK with every reason it cannot run
 //! it (the last good config keeps serving). When the stream breaks it moves
 //! to the next replica. With `--state-dir` each accepted config is written
-//! to disk, and a restarted proxy serves it before reaching any replica.
+//! to disk (off the runtime thread), and a restarted proxy serves it before
+//! reaching any replica.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Remote {
     /// Version and hash of the config in service (0 / empty: none).
     version: u64,
     hash: String,
+    /// The latest accepted config, for the writer of `--state-dir`.
+    persist: Option<watch::Sender<Arc<[u8]>>>,
 }
 
 impl Remote {
@@ -51,12 +54,18 @@ impl Remote {
             env,
             version: 0,
             hash: String::new(),
+            persist: None,
         }
     }
 
     /// Serves the persisted config if any, then streams until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.restore();
+        if let Some(dir) = self.state_dir.clone() {
+            let (tx, rx) = watch::channel(Arc::from(Vec::new()));
+            tokio::spawn(write_accepted(dir, rx));
+            self.persist = Some(tx); // dropped with `self`: the writer ends
+        }
         let mut backoff = MIN_BACKOFF;
         let mut next = 0usize;
         loop {
@@ -164,10 +173,8 @@ impl Remote {
                 self.version = push.version;
                 self.hash = hash(&bytes);
                 tracing::info!(version = self.version, replica = %push.replica, "config applied");
-                if let Some(dir) = &self.state_dir {
-                    if let Err(e) = persist(dir, &bytes) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the config");
-                    }
+                if let Some(persist) = &self.persist {
+                    persist.send_replace(Arc::from(bytes));
                 }
             }
             Err(errors) => {
@@ -225,6 +232,23 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Writes `bytes` to `dir/config.pb` atomically (write, fsync, rename).
+/// Writes each accepted config to `dir` on the blocking pool, never on the
+/// proxy's runtime thread; a config that came while a write was running
+/// waits for it, and only the latest of several is written.
+async fn write_accepted(dir: PathBuf, mut accepted: watch::Receiver<Arc<[u8]>>) {
+    while accepted.changed().await.is_ok() {
+        let bytes = accepted.borrow_and_update().clone();
+        let target = dir.clone();
+        match tokio::task::spawn_blocking(move || persist(&target, &bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot persist the config")
+            }
+            Err(e) => tracing::warn!(error = %e, "the config writer stopped"),
+        }
+    }
+}
+
 fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;

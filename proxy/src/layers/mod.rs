@@ -10,6 +10,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod outlier;
+pub mod picked;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;

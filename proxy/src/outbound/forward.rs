@@ -24,7 +24,7 @@ use crate::discovery::model::{Route, WeightedCluster};
 use crate::layers::balance::{stable_hash, Balance};
 use crate::layers::breaker::{Breaker, Overflow};
 use crate::layers::outlier::Outlier;
-use crate::layers::retry::{policy_for, Retry, RetryPolicy};
+use crate::layers::retry::{Retry, RetryPolicy};
 use crate::layers::timeout::{Deadline, Timeout, TimeoutKind};
 use crate::metrics::Metrics;
 use crate::transport::listen::PeerAddr;
@@ -111,8 +111,15 @@ impl Forward {
         let deadline = route.timeout.map(Deadline::after);
         let (retried, route_deadline) = match &route.retry {
             Some(retry) => {
-                let policy: RetryPolicy =
-                    policy_for(retry, replay_safe, cluster, &self.metrics, deadline);
+                let policy = RetryPolicy::new(
+                    retry.retries,
+                    retry.conditions.clone(),
+                    replay_safe,
+                    cluster.budget.clone(),
+                    self.metrics.clone(),
+                )
+                .with_gate(cluster.retry_gate.clone())
+                .within(deadline);
                 let per_try = Timeout::new(endpoint, retry.per_try_timeout, TimeoutKind::PerTry)
                     .within(deadline);
                 (Either::Left(Retry::new(policy, per_try)), None)

@@ -51,9 +51,7 @@ pub struct Targets {
     pub panic: Counter,
 }
 
-/// The endpoint chosen for one attempt, set on its request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Picked(pub usize);
+pub use crate::layers::picked::Picked;
 
 /// The balancer's choice for one attempt.
 #[derive(Debug, Clone, Copy)]

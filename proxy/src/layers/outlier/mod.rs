@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::body::BoxError;
-use crate::layers::balance::Picked;
+use crate::layers::picked::Picked;
 
 /// The outlier state of a destination's endpoints (index as in
 /// [`crate::layers::balance::Targets`]) and its settings.

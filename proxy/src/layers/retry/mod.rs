@@ -71,22 +71,3 @@ where
         ResponseFuture::new(self.policy.clone(), self.inner.clone(), replay, future)
     }
 }
-
-/// The policy for one request on a route with `retry`.
-pub fn policy_for(
-    retry: &crate::discovery::model::RouteRetry,
-    replay_safe: bool,
-    cluster: &crate::discovery::Cluster,
-    metrics: &std::sync::Arc<crate::metrics::Metrics>,
-    deadline: Option<crate::layers::timeout::Deadline>,
-) -> RetryPolicy {
-    RetryPolicy::new(
-        retry.retries,
-        retry.conditions.clone(),
-        replay_safe,
-        cluster.budget.clone(),
-        metrics.clone(),
-    )
-    .with_gate(cluster.retry_gate.clone())
-    .within(deadline)
-}
