@@ -1,9 +1,11 @@
 //! End-to-end support: the `trellis-echo` test backend, a harness that runs
-//! real Trellis processes on free loopback ports, and HTTP client helpers.
+//! real Trellis processes on free loopback ports, a real Kubernetes control
+//! plane (`kube`), and HTTP client helpers.
 
 pub mod client;
 pub mod echo;
 pub mod harness;
+pub mod kube;
 pub mod mesh;
 pub mod payload;
 pub mod rules;

@@ -3,6 +3,8 @@
 # $TRELLIS_CACHE/bin), from Debian's packages, without starting any service:
 #   promtool   (from the `prometheus` package; `promtool check metrics`)
 #   grpcio     (PyPI, for python3: the real gRPC peer of e2e/grpc/peer.py)
+#   Kubernetes (etcd, kube-apiserver, kube-controller-manager, kubectl:
+#              e2e/kube/install.sh; minutes the first time, cached after)
 # Safe to run again: a tool already there is kept. Called by .ci/run; run it
 # by hand before `cargo test` on a new machine.
 set -euo pipefail
@@ -47,3 +49,5 @@ if ! python3 -c "import grpc" 2>/dev/null; then
         || fail "pip install grpcio failed (is PyPI reachable?)"
     echo "installed grpcio for $(python3 --version)"
 fi
+
+bash "$(dirname "$0")/../kube/install.sh"
