@@ -73,7 +73,7 @@ impl Mirrors {
                 self.metrics.mirror(&cluster.service, "overflow");
                 continue;
             };
-            copies.push(Copy {
+            copies.push(Shadow {
                 cluster: cluster.clone(),
                 parts,
                 _permit: permit,
@@ -82,45 +82,48 @@ impl Mirrors {
         if copies.is_empty() {
             return;
         }
-        let body = body.copy_for_mirror(REPLAY_LIMIT);
         let timeout = route.timeout.map_or(COPY_TIMEOUT, |t| t.min(COPY_TIMEOUT));
         let metrics = self.metrics.clone();
-        let count = move |copies: Vec<Copy>, result| {
-            for c in copies {
-                metrics.mirror(&c.cluster.service, result);
+        match body.copy_for_mirror(REPLAY_LIMIT) {
+            BodyCopy::TooLarge => count(&metrics, copies, "too-large"),
+            BodyCopy::Ready(bytes) => send_all(copies, &bytes, timeout, &metrics),
+            BodyCopy::Pending(copied) => {
+                tokio::spawn(async move {
+                    match copied.await {
+                        Ok(Some(bytes)) => send_all(copies, &bytes, timeout, &metrics),
+                        Ok(None) => count(&metrics, copies, "too-large"),
+                        // The main request ended before its body did.
+                        Err(_) => count(&metrics, copies, "incomplete"),
+                    }
+                });
             }
-        };
-        let metrics = self.metrics.clone();
-        let bytes = match body {
-            BodyCopy::TooLarge => return count(copies, "too-large"),
-            BodyCopy::Ready(bytes) => Ok(bytes),
-            BodyCopy::Pending(copied) => Err(copied),
-        };
-        tokio::spawn(async move {
-            let bytes = match bytes {
-                Ok(bytes) => bytes,
-                Err(copied) => match copied.await {
-                    Ok(Some(bytes)) => bytes,
-                    Ok(None) => return count(copies, "too-large"),
-                    // The main request ended before its body did.
-                    Err(_) => return count(copies, "incomplete"),
-                },
-            };
-            for copy in copies {
-                tokio::spawn(copy.send(bytes.clone(), timeout, metrics.clone()));
-            }
-        });
+        }
     }
 }
 
-/// One copy of a request, holding its place among those in flight.
-struct Copy {
+/// Sends each copy with `body`, each on a task of its own.
+fn send_all(copies: Vec<Shadow>, body: &Bytes, timeout: Duration, metrics: &Arc<Metrics>) {
+    for copy in copies {
+        tokio::spawn(copy.send(body.clone(), timeout, metrics.clone()));
+    }
+}
+
+/// Counts copies that end as `result` without being sent.
+fn count(metrics: &Metrics, copies: Vec<Shadow>, result: &'static str) {
+    for c in copies {
+        metrics.mirror(&c.cluster.service, result);
+    }
+}
+
+/// One copy of a request for a mirror, holding its place among those in
+/// flight.
+struct Shadow {
     cluster: Arc<Cluster>,
     parts: Parts,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Copy {
+impl Shadow {
     /// Sends the copy to an endpoint of its mirror and reads the answer to
     /// its end (so the connection can be used again), discarding it.
     async fn send(self, body: Bytes, timeout: Duration, metrics: Arc<Metrics>) {
