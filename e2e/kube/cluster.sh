@@ -7,7 +7,8 @@
 #   bash e2e/kube/cluster.sh down DIR   # stops what `up` started (by PID)
 #
 # The apiserver has token authentication (DIR/kubeconfig is an admin in
-# system:masters), RBAC, and service-account signing keys and issuer, so
+# system:masters; so is the controller-manager, whose controllers then all
+# share its rights), RBAC, and service-account signing keys and issuer, so
 # TokenRequest (`kubectl create token`) and TokenReview work. WATCH_CACHE=false
 # turns the watch cache off (a watch then gets a real 410 Gone).
 set -euo pipefail
@@ -61,7 +62,7 @@ admin_token=$(openssl rand -hex 16)
 kcm_token=$(openssl rand -hex 16)
 cat > "$pki/tokens.csv" <<CSV
 $admin_token,admin,admin,system:masters
-$kcm_token,system:kube-controller-manager,kcm
+$kcm_token,system:kube-controller-manager,kcm,system:masters
 CSV
 
 kubeconfig() { # user token file
