@@ -1,4 +1,5 @@
-//! End-to-end: a request body the client cuts off is the client's fault.
+//! End-to-end: a request body the client cuts off, or frames badly (a
+//! chunk size that is not hexadecimal), is the client's fault.
 //! It is answered 400 (when the client still listens) and never counts
 //! against the endpoint: outlier detection ejects no one.
 
@@ -9,12 +10,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_e2e::harness::{Echo, Proxy};
 use trellis_e2e::rules;
 
-/// A POST announcing 1000 bytes that sends 10 and half-closes; returns the
-/// status line the proxy answered, if any.
-async fn truncated_post(proxy: &Proxy) -> Result<String> {
+/// A POST announcing 1000 bytes that sends 10 and half-closes.
+const TRUNCATED: &[u8] =
+    b"POST / HTTP/1.1\r\nhost: reviews\r\ncontent-length: 1000\r\n\r\n0123456789";
+
+/// A chunked POST whose second chunk size is not hexadecimal.
+const BAD_CHUNK: &[u8] =
+    b"POST / HTTP/1.1\r\nhost: reviews\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n";
+
+/// Sends `request` and half-closes; returns the status line the proxy
+/// answered, if any.
+async fn broken_post(proxy: &Proxy, request: &[u8]) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(proxy.outbound).await?;
-    s.write_all(b"POST / HTTP/1.1\r\nhost: reviews\r\ncontent-length: 1000\r\n\r\n0123456789")
-        .await?;
+    s.write_all(request).await?;
     s.shutdown().await?;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
@@ -23,20 +31,22 @@ async fn truncated_post(proxy: &Proxy) -> Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncated_bodies_get_400_and_eject_no_endpoint() -> Result<()> {
+async fn truncated_and_malformed_bodies_get_400_and_eject_no_endpoint() -> Result<()> {
     let (a, b) = (Echo::start("reviews", "v1")?, Echo::start("reviews", "v1")?);
     let vs = rules::virtual_service("reviews", "  - route: [{destination: {host: reviews}}]\n");
     let policy = "    outlierDetection: {consecutiveGatewayErrors: 3, consecutive5xxErrors: 3, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
     let yaml = rules::service_with_policy("reviews", &[("v1", &a), ("v2", &b)], policy, &vs);
     let proxy = Proxy::start(&yaml)?;
     let mut answers = Vec::new();
-    for _ in 0..8 {
-        answers.push(truncated_post(&proxy).await?);
+    for request in [TRUNCATED, BAD_CHUNK] {
+        for _ in 0..8 {
+            answers.push(broken_post(&proxy, request).await?);
+        }
     }
     for answer in &answers {
         assert!(
             answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
-            "a truncated body was answered {answer:?}"
+            "a broken body was answered {answer:?}"
         );
     }
     let ejections = proxy.metric_sum("trellis_outlier_ejections_total", &[])?;
@@ -47,6 +57,6 @@ async fn truncated_bodies_get_400_and_eject_no_endpoint() -> Result<()> {
     let charged = proxy.metric_sum("trellis_requests_total", &["reason=\"upstream-reset\""])?;
     assert_eq!(charged, 0.0, "counted as upstream resets");
     let bad = proxy.metric_sum("trellis_requests_total", &["reason=\"bad-request\""])?;
-    assert_eq!(bad, 8.0);
+    assert_eq!(bad, 16.0);
     Ok(())
 }
