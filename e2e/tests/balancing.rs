@@ -179,7 +179,9 @@ async fn pool_limits_refuse_the_excess_at_once() -> Result<()> {
     assert_eq!(overflow.len(), 18, "{results:?}");
     for (_, reason, took) in &overflow {
         assert_eq!(reason.as_deref(), Some("overflow"));
-        assert!(*took < Duration::from_millis(10), "overflow took {took:?}");
+        // At once, not after a slot frees (the backend holds each for 1 s):
+        // a quarter of that is margin enough on 2 busy cores (10 ms was not).
+        assert!(*took < Duration::from_millis(250), "overflow took {took:?}");
     }
     assert_eq!(
         proxy.metric_sum("trellis_circuit_overflow_total", &[])?,
