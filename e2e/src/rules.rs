@@ -29,6 +29,26 @@ spec:
     )
 }
 
+/// A `ServiceEntry` for `hosts` with one port (`number`, `protocol`) and
+/// one endpoint, 127.0.0.1 at `port` (none when `port` is `None`).
+pub fn single_endpoint(hosts: &[&str], number: u16, protocol: &str, port: Option<u16>) -> String {
+    let endpoints = port
+        .map(|p| format!("  endpoints: [{{address: 127.0.0.1, ports: {{app: {p}}}}}]\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {}}}
+spec:
+  hosts: [{}]
+  ports: [{{number: {number}, name: app, protocol: {protocol}}}]
+  resolution: STATIC
+{endpoints}",
+        hosts[0],
+        hosts.join(", ")
+    )
+}
+
 /// The `ServiceEntry` of [`service`] alone (for tests that bring their own
 /// DestinationRule, such as Istio's samples).
 pub fn service_entry(host: &str, backends: &[(&str, &Echo)]) -> String {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use trellis_e2e::harness::{free_addr, tool, wait_for_port, Process, Proxy, TempDir};
+use trellis_e2e::rules;
 
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py")
@@ -54,23 +55,8 @@ fn client(proxy: &Proxy, authority: &str) -> Result<Value> {
 
 fn rules(port: u16) -> String {
     format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: greeter}}
-spec:
-  hosts: [greeter, greeter-plain]
-  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: empty}}
-spec:
-  hosts: [empty]
-  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
-  resolution: STATIC
----
+        "{}---
+{}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: greeter}}
@@ -87,7 +73,9 @@ spec:
   http:
   - retries: {{attempts: 2, perTryTimeout: 2s, retryOn: unavailable}}
     route: [{{destination: {{host: greeter}}}}]
-"
+",
+        rules::single_endpoint(&["greeter", "greeter-plain"], 50051, "GRPC", Some(port)),
+        rules::single_endpoint(&["empty"], 50051, "GRPC", None),
     )
 }
 

@@ -15,17 +15,10 @@ use trellis_e2e::rules;
 fn mesh(main: &Echo, mirror_port: u16, http: &str) -> String {
     format!(
         "{}---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: mirror}}
-spec:
-  hosts: [mirror]
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {mirror_port}}}}}]
----
+{}---
 {}",
         rules::service("reviews", &[("v1", main)], ""),
+        rules::single_endpoint(&["mirror"], 9080, "HTTP", Some(mirror_port)),
         rules::virtual_service("reviews", http)
     )
 }

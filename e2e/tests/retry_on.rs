@@ -16,15 +16,7 @@ use trellis_e2e::harness::Proxy;
 /// Rules for `flaky` at `port` (`protocol` HTTP or HTTP2), one route with `retry_on`.
 fn rules(port: u16, protocol: &str, retry_on: &str) -> String {
     format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: flaky}}
-spec:
-  hosts: [flaky]
-  ports: [{{number: 80, name: web, protocol: {protocol}}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{web: {port}}}}}]
----
+        "{}---
 # A new proxy's budget has had no time to accrue its per-second floor:
 # allow one retry per request.
 apiVersion: networking.istio.io/v1
@@ -43,7 +35,8 @@ spec:
   http:
   - retries: {{attempts: 2, perTryTimeout: 2s, retryOn: \"{retry_on}\"}}
     route: [{{destination: {{host: flaky}}}}]
-"
+",
+        trellis_e2e::rules::single_endpoint(&["flaky"], 80, protocol, Some(port))
     )
 }
 
