@@ -132,6 +132,7 @@ impl api::mesh_control_server::MeshControl for Control {
                     }),
                     document_json: record.document.to_string(),
                     source: record.source.clone(),
+                    version: record.version,
                 })
                 .collect(),
             version: a.version,
@@ -266,33 +267,42 @@ impl api::mesh_control_server::MeshControl for Control {
         request: Request<api::ProxyStatusRequest>,
     ) -> Result<Response<api::ProxyStatusReply>, Status> {
         let r = &self.replica;
-        let mut reply = api::ProxyStatusReply {
-            proxies: r.registry.records(),
-            unreachable: Vec::new(),
-        };
         if request.into_inner().local_only {
-            return Ok(Response::new(reply));
+            return Ok(Response::new(api::ProxyStatusReply {
+                proxies: r.registry.records(),
+                unreachable: Vec::new(),
+            }));
         }
-        let peers: Vec<(u64, String)> = {
-            let m = r.raft.metrics().borrow().clone();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != r.id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
-        for (id, addr) in peers {
-            let mut ask = Request::new(api::ProxyStatusRequest { local_only: true });
-            ask.set_timeout(Duration::from_secs(1));
-            match r.client(&addr)?.proxy_status(ask).await {
-                Ok(peer) => reply.proxies.extend(peer.into_inner().proxies),
-                Err(e) => reply
-                    .unreachable
-                    .push(format!("node {id} ({addr}): {}", e.message())),
-            }
-        }
-        reply.proxies.sort_by(|a, b| a.proxy.cmp(&b.proxy));
-        Ok(Response::new(reply))
+        Ok(Response::new(all_proxies(r).await?))
     }
+}
+
+/// Every proxy connected to any member, with the members that did not
+/// answer within a second.
+pub async fn all_proxies(r: &Replica) -> Result<api::ProxyStatusReply, Status> {
+    let mut reply = api::ProxyStatusReply {
+        proxies: r.registry.records(),
+        unreachable: Vec::new(),
+    };
+    let peers: Vec<(u64, String)> = {
+        let m = r.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != r.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    };
+    for (id, addr) in peers {
+        let mut ask = Request::new(api::ProxyStatusRequest { local_only: true });
+        ask.set_timeout(Duration::from_secs(1));
+        match r.client(&addr)?.proxy_status(ask).await {
+            Ok(peer) => reply.proxies.extend(peer.into_inner().proxies),
+            Err(e) => reply
+                .unreachable
+                .push(format!("node {id} ({addr}): {}", e.message())),
+        }
+    }
+    reply.proxies.sort_by(|a, b| a.proxy.cmp(&b.proxy));
+    Ok(reply)
 }

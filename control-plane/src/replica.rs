@@ -15,8 +15,8 @@ use trellis_api::mesh_control_client::MeshControlClient;
 use crate::metrics::Metrics;
 use crate::push::Registry;
 use crate::raft::{network, NodeId, Raft, StateMachineStore};
-use crate::state::resources::state_rules;
-use crate::state::{MeshCommand, MeshState};
+use crate::state::resources::errors_of;
+use crate::state::MeshCommand;
 
 /// How long a request waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
@@ -180,7 +180,7 @@ impl Replica {
     fn check(&self, command: &MeshCommand) -> Result<(), WriteError> {
         let before = self.sm.read(|a| a.state.clone());
         let mut after = before.clone();
-        after.apply(command.clone());
+        after.apply(command.clone(), u64::MAX);
         let known: BTreeSet<String> = errors_of(&before).into_iter().collect();
         let new: Vec<String> = errors_of(&after)
             .into_iter()
@@ -202,11 +202,4 @@ impl Replica {
             .map(|_| ())
             .map_err(|e| Status::unavailable(e.to_string()))
     }
-}
-
-/// Every error of the rules in `state`.
-fn errors_of(state: &MeshState) -> Vec<String> {
-    let (rules, mut errors) = state_rules(state);
-    errors.extend(trellis_crds::validate(&rules).to_lines());
-    errors
 }

@@ -30,6 +30,7 @@ use crate::raft::{NodeId, Raft};
 use crate::render::{self, Rendered};
 use crate::replica::Replica;
 use crate::sources::file::FileSource;
+use crate::sources::kube::KubeSource;
 
 /// Everything a replica needs to start.
 #[derive(Clone, Debug)]
@@ -60,6 +61,24 @@ pub struct ServerConfig {
     pub ca: crate::ca::CaSource,
     /// Who may obtain workload certificates, and for how long.
     pub identity: IdentityConfig,
+    /// `--kubernetes`: the apiserver the leader mirrors into Raft.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// The Kubernetes source's settings.
+#[derive(Clone)]
+pub struct Kubernetes {
+    pub client: kube::Client,
+    /// How often the leader refreshes `status.applied`.
+    pub status_interval: Duration,
+}
+
+impl std::fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubernetes")
+            .field("status_interval", &self.status_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a replica did not start.
@@ -198,6 +217,14 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             dir: dir.clone(),
             interval: config.watch_interval,
             replica: replica.clone(),
+        };
+        tasks.spawn(source.run(rx.clone()));
+    }
+    if let Some(k) = &config.kubernetes {
+        let source = KubeSource {
+            client: k.client.clone(),
+            replica: replica.clone(),
+            status_interval: k.status_interval,
         };
         tasks.spawn(source.run(rx.clone()));
     }

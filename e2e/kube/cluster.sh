@@ -5,12 +5,14 @@
 #
 #   bash e2e/kube/cluster.sh up DIR     # starts; the last line printed is DIR/kubeconfig
 #   bash e2e/kube/cluster.sh down DIR   # stops what `up` started (by PID)
+#   bash e2e/kube/cluster.sh restart-apiserver DIR   # stops the apiserver, starts it again
 #
 # The apiserver has token authentication (DIR/kubeconfig is an admin in
 # system:masters; so is the controller-manager, whose controllers then all
 # share its rights), RBAC, and service-account signing keys and issuer, so
 # TokenRequest (`kubectl create token`) and TokenReview work. WATCH_CACHE=false
-# turns the watch cache off (a watch then gets a real 410 Gone).
+# turns the watch cache off (a watch then gets a real 410 Gone);
+# COMPACTION_INTERVAL (default 5m) is how often the apiserver compacts etcd.
 set -euo pipefail
 
 cache="${TRELLIS_CACHE:-$HOME/.cache/trellis}"
@@ -21,19 +23,56 @@ fail() { printf 'e2e/kube/cluster.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
 down() {
     [ -f "$dir/pids" ] || return 0
-    while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$dir/pids"
+    while read -r _ pid; do kill "$pid" 2>/dev/null || true; done < "$dir/pids"
     for _ in $(seq 50); do
         alive=0
-        while read -r pid; do kill -0 "$pid" 2>/dev/null && alive=1; done < "$dir/pids"
+        while read -r _ pid; do kill -0 "$pid" 2>/dev/null && alive=1; done < "$dir/pids"
         [ $alive = 0 ] && break
         sleep 0.1
     done
-    while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done < "$dir/pids"
+    while read -r _ pid; do kill -9 "$pid" 2>/dev/null || true; done < "$dir/pids"
     rm -f "$dir/pids"
 }
 
+start_apiserver() { # uses $dir/settings; adds its PID to $dir/pids
+    # shellcheck disable=SC1091
+    . "$dir/settings"
+    local pki="$dir/pki" _
+    "$bin/kube-apiserver" \
+        --etcd-servers "http://127.0.0.1:$etcd_port" \
+        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+        --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+        --client-ca-file "$pki/ca.crt" \
+        --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
+        --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+        --service-account-issuer https://kubernetes.default.svc.cluster.local \
+        --api-audiences https://kubernetes.default.svc.cluster.local \
+        --service-cluster-ip-range 10.96.0.0/16 \
+        --watch-cache="$watch_cache" --etcd-compaction-interval="$compaction" \
+        >>"$dir/apiserver.log" 2>&1 &
+    echo "apiserver $!" >> "$dir/pids"
+    for _ in $(seq 300); do
+        if "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    fail "the apiserver is not ready within 60 s; the end of $dir/apiserver.log:
+$(tail -20 "$dir/apiserver.log")"
+}
+
 if [ "$cmd" = down ]; then down; exit 0; fi
-[ "$cmd" = up ] || { echo "usage: $0 up|down DIR" >&2; exit 2; }
+if [ "$cmd" = restart-apiserver ]; then
+    [ -f "$dir/pids" ] || fail "$dir/pids: no cluster runs there"
+    dir=$(cd "$dir" && pwd)
+    pid=$(awk '$1 == "apiserver" {print $2}' "$dir/pids")
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    grep -v '^apiserver ' "$dir/pids" > "$dir/pids.new" || true
+    mv "$dir/pids.new" "$dir/pids"
+    start_apiserver
+    exit 0
+fi
+[ "$cmd" = up ] || { echo "usage: $0 up|down|restart-apiserver DIR" >&2; exit 2; }
 for b in etcd kube-apiserver kube-controller-manager kubectl; do
     [ -x "$bin/$b" ] || fail "$bin/$b is missing: run bash e2e/kube/install.sh"
 done
@@ -93,30 +132,16 @@ kubeconfig kcm "$kcm_token" "$dir/kcm.kubeconfig"
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "e2e=http://127.0.0.1:$etcd_peer" >"$dir/etcd.log" 2>&1 &
-echo $! >> "$dir/pids"
-
-"$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --client-ca-file "$pki/ca.crt" \
-    --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
-    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --api-audiences https://kubernetes.default.svc.cluster.local \
-    --service-cluster-ip-range 10.96.0.0/16 \
-    --watch-cache="${WATCH_CACHE:-true}" \
-    >"$dir/apiserver.log" 2>&1 &
-echo $! >> "$dir/pids"
+echo "etcd $!" >> "$dir/pids"
+cat > "$dir/settings" <<SETTINGS
+etcd_port=$etcd_port
+api_port=$api_port
+watch_cache=${WATCH_CACHE:-true}
+compaction=${COMPACTION_INTERVAL:-5m}
+SETTINGS
+start_apiserver
 
 kubectl() { "$bin/kubectl" --kubeconfig "$dir/kubeconfig" "$@"; }
-ready=""
-for _ in $(seq 300); do
-    if kubectl get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
-    sleep 0.2
-done
-[ -n "$ready" ] || fail "the apiserver is not ready within 60 s; the end of $dir/apiserver.log:
-$(tail -20 "$dir/apiserver.log")"
 
 "$bin/kube-controller-manager" --kubeconfig "$dir/kcm.kubeconfig" \
     --authentication-kubeconfig "$dir/kcm.kubeconfig" --authorization-kubeconfig "$dir/kcm.kubeconfig" \
@@ -124,7 +149,7 @@ $(tail -20 "$dir/apiserver.log")"
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --use-service-account-credentials=false \
     >"$dir/controller-manager.log" 2>&1 &
-echo $! >> "$dir/pids"
+echo "controller-manager $!" >> "$dir/pids"
 ready=""
 for _ in $(seq 300); do
     # The namespace controller's own service account shows the manager works.

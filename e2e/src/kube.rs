@@ -72,6 +72,95 @@ impl KubeCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// `kubectl apply -f crds/manifests/` (the CRDs, the control plane's
+    /// namespace, service account and RBAC), waiting until every CRD is
+    /// established.
+    pub fn install_crds(&self) -> Result<()> {
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/manifests");
+        self.kubectl_ok(&["apply", "-f", &manifests.display().to_string()])?;
+        self.kubectl_ok(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout",
+            "60s",
+            "crd/virtualservices.networking.trellis.io",
+            "crd/destinationrules.networking.trellis.io",
+            "crd/serviceentries.networking.trellis.io",
+            "crd/peerauthentications.security.trellis.io",
+            "crd/authorizationpolicies.security.trellis.io",
+        ])?;
+        Ok(())
+    }
+
+    /// `kubectl apply` of `yaml` (written to a file named `name` first).
+    pub fn apply(&self, name: &str, yaml: &str) -> Result<String> {
+        let file = self.dir.path().join(name);
+        std::fs::write(&file, yaml)?;
+        self.kubectl_ok(&["apply", "-f", &file.display().to_string()])
+    }
+
+    /// Sets a Pod's status as a kubelet would: Running at `ip`, Ready or not.
+    pub fn set_pod_status(&self, namespace: &str, pod: &str, ip: &str, ready: bool) -> Result<()> {
+        let ready = if ready { "True" } else { "False" };
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"{ready}"}}]}}}}"#
+        );
+        self.kubectl_ok(&[
+            "patch",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])?;
+        Ok(())
+    }
+
+    /// A kubeconfig that authenticates as service account `namespace/name`
+    /// (a TokenRequest token, valid for two hours), not as the admin.
+    pub fn kubeconfig_of(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token =
+            self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration", "2h"])?;
+        let admin = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut out = String::new();
+        for line in admin.lines() {
+            match line.trim_start().strip_prefix("token:") {
+                Some(_) => out.push_str(&format!("    token: {}\n", token.trim())),
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        let path = self
+            .dir
+            .path()
+            .join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, out)?;
+        Ok(path)
+    }
+
+    /// Stops the apiserver and starts it again on the same port and etcd.
+    pub fn restart_apiserver(&self) -> Result<()> {
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["restart-apiserver", &self.dir.path().display().to_string()])
+            .output()
+            .context("running e2e/kube/cluster.sh")?;
+        if !out.status.success() {
+            bail!(
+                "e2e/kube/cluster.sh restart-apiserver failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Drop for KubeCluster {

@@ -17,21 +17,9 @@ fn repo(path: &str) -> String {
 #[test]
 fn the_crds_install_and_rules_apply_with_kubectl() -> Result<()> {
     let cluster = KubeCluster::up(true)?;
-    cluster.kubectl_ok(&["apply", "-f", &repo("crds/manifests")])?;
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout",
-        "60s",
-        "crd/virtualservices.networking.trellis.io",
-        "crd/destinationrules.networking.trellis.io",
-        "crd/serviceentries.networking.trellis.io",
-        "crd/peerauthentications.security.trellis.io",
-        "crd/authorizationpolicies.security.trellis.io",
-    ])?;
-    // examples/mtls.yaml has a mesh-wide policy in the root namespace.
-    cluster.kubectl_ok(&["create", "namespace", "trellis-system"])?;
+    cluster.install_crds()?;
+    // examples/mtls.yaml has a mesh-wide policy in the root namespace,
+    // which the manifests create (with the control plane's RBAC).
     for example in ["canary", "retries", "breaker", "mtls"] {
         cluster.kubectl_ok(&["apply", "-f", &repo(&format!("examples/{example}.yaml"))])?;
     }

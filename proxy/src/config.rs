@@ -55,8 +55,21 @@ pub struct Args {
     )]
     pub bootstrap_token: Option<String>,
     /// Connected mode: a file holding the bootstrap token.
-    #[arg(long, env = "TRELLIS_BOOTSTRAP_TOKEN_FILE")]
+    #[arg(
+        long,
+        env = "TRELLIS_BOOTSTRAP_TOKEN_FILE",
+        conflicts_with = "service_account_token_file"
+    )]
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Connected mode in Kubernetes: the projected service-account token
+    /// (audience `trellis`), read again at every renewal as the kubelet
+    /// rotates it; the control plane checks it with a TokenReview.
+    #[arg(
+        long,
+        env = "TRELLIS_SERVICE_ACCOUNT_TOKEN_FILE",
+        conflicts_with = "bootstrap_token"
+    )]
+    pub service_account_token_file: Option<PathBuf>,
     /// The workload this sidecar serves (the `source_workload` metric label).
     #[arg(long, env = "TRELLIS_SERVICE", default_value = "unknown")]
     pub service: String,
@@ -89,7 +102,7 @@ pub enum ConfigError {
     NoSource,
     #[error("--labels: {0:?} is not k=v")]
     BadLabel(String),
-    #[error("--bootstrap-token-file {0}: {1}")]
+    #[error("token file {0}: {1}")]
     TokenFile(PathBuf, String),
     #[error("a bootstrap token needs --control-plane (the CA that signs the certificate)")]
     TokenWithoutControlPlane,
@@ -142,8 +155,38 @@ pub struct InboundConfig {
 #[derive(Clone)]
 pub struct IdentityConfig {
     /// Presented to the control plane's CA.
-    pub token: String,
+    pub token: Credential,
     pub service_account: String,
+}
+
+/// The token a proxy presents for its certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A bootstrap token, fixed.
+    Token(String),
+    /// A file read at every request (a rotated service-account token).
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+impl Credential {
+    /// The token now.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Token(t) => Ok(t.clone()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("{}: {e}", path.display())),
+        }
+    }
 }
 
 impl std::fmt::Debug for IdentityConfig {
@@ -209,6 +252,16 @@ impl Config {
                     .to_string(),
             ),
             (None, None) => None,
+        }
+        .map(Credential::Token);
+        let token = match (&args.service_account_token_file, token) {
+            (Some(path), None) => {
+                // Checked now so a wrong path fails at start, read again later.
+                std::fs::metadata(path)
+                    .map_err(|e| ConfigError::TokenFile(path.clone(), e.to_string()))?;
+                Some(Credential::File(path.clone()))
+            }
+            (_, token) => token,
         };
         if token.is_some() && !matches!(discovery, DiscoveryConfig::Remote { .. }) {
             return Err(ConfigError::TokenWithoutControlPlane);

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use trellis_control_plane::ca::review::TokenReviewer;
 use trellis_control_plane::ca::service::IdentityConfig;
 use trellis_control_plane::ca::tokens::Tokens;
-use trellis_control_plane::server::{start, ServerConfig};
+use trellis_control_plane::server::{start, Kubernetes, ServerConfig};
 
 /// Flags (each also read from a `TRELLIS_*` variable).
 #[derive(Parser, Debug)]
@@ -74,6 +75,21 @@ struct Args {
     /// Lifetime of workload certificates (proxies renew at half of it).
     #[arg(long, env = "TRELLIS_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// Kubernetes source: mirror rule custom resources, Services,
+    /// EndpointSlices and Pods into the mesh (leader only), write status
+    /// back, and sign certificates for service-account tokens (TokenReview).
+    /// In-cluster config unless --kubeconfig is given.
+    #[arg(long, env = "TRELLIS_KUBERNETES")]
+    kubernetes: bool,
+    /// A kubeconfig file for --kubernetes (implies it).
+    #[arg(long, env = "TRELLIS_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The audience proxies' service-account tokens must be issued for.
+    #[arg(long, env = "TRELLIS_TOKEN_AUDIENCE", default_value = "trellis")]
+    token_audience: String,
+    /// How often the leader refreshes `status.applied` of rule resources.
+    #[arg(long, env = "TRELLIS_STATUS_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    status_interval: Duration,
     /// Log entries kept behind a snapshot for lagging peers.
     #[arg(long, env = "TRELLIS_KEEP_LOGS", default_value_t = 200)]
     keep_logs: u64,
@@ -117,7 +133,7 @@ fn main() -> ExitCode {
         },
         None => Tokens::default(),
     };
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         node_id: args.node_id,
         data_dir: args.data_dir,
         raft_addr: args.raft_addr,
@@ -137,8 +153,10 @@ fn main() -> ExitCode {
         },
         identity: IdentityConfig {
             tokens: Arc::new(tokens),
+            reviewer: None,
             cert_ttl: args.cert_ttl,
         },
+        kubernetes: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -152,6 +170,23 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        if args.kubernetes || args.kubeconfig.is_some() {
+            let client = match kube_client(args.kubeconfig.as_deref()).await {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::error!("--kubernetes: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            config.identity.reviewer = Some(TokenReviewer {
+                client: client.clone(),
+                audience: args.token_audience,
+            });
+            config.kubernetes = Some(Kubernetes {
+                client,
+                status_interval: args.status_interval,
+            });
+        }
         let running = match start(config).await {
             Ok(running) => running,
             Err(e) => {
@@ -164,6 +199,22 @@ fn main() -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// A client of the apiserver: from `kubeconfig`, else in-cluster (or the
+/// usual kubeconfig lookup).
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| e.to_string())?,
+    };
+    kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
 async fn wait_for_signal() {

@@ -7,6 +7,7 @@
 //! Proxies' CSRs are signed by [`service::IdentityService`] ([`sign`]),
 //! authenticated by [`tokens`].
 
+pub mod review;
 pub mod service;
 pub mod sign;
 pub mod tokens;

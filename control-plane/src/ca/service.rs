@@ -9,6 +9,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use trellis_api as api;
 
+use super::review::{ReviewError, TokenReviewer};
 use super::sign::{sign, SignError};
 use super::tokens::Tokens;
 use crate::replica::Replica;
@@ -16,8 +17,11 @@ use crate::replica::Replica;
 /// Workload certificate settings.
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
-    /// Credentials accepted for CSRs; none: signing is off.
+    /// Bootstrap tokens accepted for CSRs (outside Kubernetes).
     pub tokens: Arc<Tokens>,
+    /// Service-account tokens checked by TokenReview (`--kubernetes`).
+    /// With neither, signing is off.
+    pub reviewer: Option<TokenReviewer>,
     /// Lifetime of a workload certificate (24 h by default).
     pub cert_ttl: Duration,
 }
@@ -26,6 +30,7 @@ impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             tokens: Arc::new(Tokens::default()),
+            reviewer: None,
             cert_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -60,10 +65,10 @@ impl api::identity_server::Identity for IdentityService {
             .map(str::to_string);
         let req = request.into_inner();
         let node = req.node.as_str();
-        if self.config.tokens.is_empty() {
+        if self.config.tokens.is_empty() && self.config.reviewer.is_none() {
             return Err(self.refuse(
                 Status::failed_precondition(
-                    "this control plane signs no certificates (start it with --bootstrap-tokens)",
+                    "this control plane signs no certificates (start it with --bootstrap-tokens or --kubernetes)",
                 ),
                 node,
             ));
@@ -79,13 +84,31 @@ impl api::identity_server::Identity for IdentityService {
             .tokens
             .allows(&token, &req.namespace, &req.service_account)
         {
-            return Err(self.refuse(
-                Status::permission_denied(format!(
-                    "the credential does not allow {}/{}",
-                    req.namespace, req.service_account
-                )),
-                node,
-            ));
+            let Some(reviewer) = &self.config.reviewer else {
+                return Err(self.refuse(
+                    Status::permission_denied(format!(
+                        "the credential does not allow {}/{}",
+                        req.namespace, req.service_account
+                    )),
+                    node,
+                ));
+            };
+            match reviewer.review(&token).await {
+                Ok((ns, sa)) if ns == req.namespace && sa == req.service_account => {}
+                Ok((ns, sa)) => {
+                    return Err(self.refuse(
+                        Status::permission_denied(format!(
+                            "the token is service account {ns}/{sa}'s; it may not ask for {}/{}",
+                            req.namespace, req.service_account
+                        )),
+                        node,
+                    ))
+                }
+                Err(e @ ReviewError::Api(_)) => {
+                    return Err(self.refuse(Status::unavailable(e.to_string()), node))
+                }
+                Err(e) => return Err(self.refuse(Status::unauthenticated(e.to_string()), node)),
+            }
         }
         let Some(ca) = self.replica.sm.read(|a| a.state.ca().cloned()) else {
             return Err(Status::unavailable("the root CA is not set up yet"));

@@ -5,6 +5,7 @@
 //! answers each with an ACK (the hash of what it now runs) or a NACK (why
 //! it refused, while it keeps its last good config).
 
+pub mod applied;
 pub mod registry;
 
 use std::pin::Pin;

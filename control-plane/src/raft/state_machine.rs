@@ -154,7 +154,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let response = match entry.payload {
                 EntryPayload::Blank => MeshResponse::default(),
                 EntryPayload::Normal(command) => {
-                    let response = applied.state.apply(command);
+                    let response = applied.state.apply(command, entry.log_id.index);
                     if response.changed {
                         applied.version = entry.log_id.index;
                     }

@@ -2,3 +2,4 @@
 //! only: they turn outside changes into `MeshCommand`s proposed to Raft.
 
 pub mod file;
+pub mod kube;

@@ -61,11 +61,22 @@ pub struct MeshResponse {
     pub changed: bool,
 }
 
-/// One stored resource and the source that wrote it.
+/// One stored resource, the source that wrote it, and the config version
+/// (log index) that last changed it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub document: serde_json::Value,
     pub source: String,
+    /// A proxy that runs this version or a later one runs this document.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl Record {
+    /// Same document from the same source, whenever it was written.
+    pub fn same(&self, document: &serde_json::Value, source: &str) -> bool {
+        self.document == *document && self.source == source
+    }
 }
 
 /// The mesh configuration as of some applied log index.
@@ -104,22 +115,25 @@ impl From<MeshState> for Stored {
 }
 
 impl MeshState {
-    pub fn apply(&mut self, command: MeshCommand) -> MeshResponse {
+    /// Applies `command`, the entry at log index `index`.
+    pub fn apply(&mut self, command: MeshCommand, index: u64) -> MeshResponse {
         let changed = match command {
             MeshCommand::Apply {
                 key,
                 document,
                 source,
-            } => {
-                let record = Record { document, source };
-                match self.resources.get(&key) {
-                    Some(old) if *old == record => false,
-                    _ => {
-                        self.resources.insert(key, record);
-                        true
-                    }
+            } => match self.resources.get(&key) {
+                Some(old) if old.same(&document, &source) => false,
+                _ => {
+                    let record = Record {
+                        document,
+                        source,
+                        version: index,
+                    };
+                    self.resources.insert(key, record);
+                    true
                 }
-            }
+            },
             MeshCommand::Delete { key } => self.resources.remove(&key).is_some(),
             MeshCommand::SetCa { ca } => {
                 let changed = self.ca.as_ref() != Some(&ca);
@@ -130,7 +144,7 @@ impl MeshState {
                 // Every command applies; no short circuit.
                 let mut changed = false;
                 for c in commands {
-                    changed |= self.apply(c).changed;
+                    changed |= self.apply(c, index).changed;
                 }
                 changed
             }
@@ -219,25 +233,36 @@ mod tests {
     #[test]
     fn apply_replace_delete_report_changes() {
         let mut s = MeshState::default();
-        assert!(s.apply(apply("a", 1)).changed);
-        assert!(!s.apply(apply("a", 1)).changed, "same document again");
-        assert!(s.apply(apply("a", 2)).changed);
+        assert!(s.apply(apply("a", 1), 1).changed);
+        assert!(!s.apply(apply("a", 1), 1).changed, "same document again");
+        assert!(s.apply(apply("a", 2), 5).changed);
+        assert_eq!(
+            s.get(&key("a")).map(|r| r.version),
+            Some(5),
+            "the index that changed it"
+        );
+        assert!(!s.apply(apply("a", 2), 6).changed);
+        assert_eq!(
+            s.get(&key("a")).map(|r| r.version),
+            Some(5),
+            "unchanged by a repeat"
+        );
         assert_eq!(
             s.get(&key("a")).expect("present").document["spec"]["weight"],
             2
         );
-        assert!(s.apply(MeshCommand::Delete { key: key("a") }).changed);
-        assert!(!s.apply(MeshCommand::Delete { key: key("a") }).changed);
+        assert!(s.apply(MeshCommand::Delete { key: key("a") }, 2).changed);
+        assert!(!s.apply(MeshCommand::Delete { key: key("a") }, 2).changed);
         assert!(s.is_empty());
     }
 
     #[test]
     fn a_batch_applies_every_change() {
         let mut s = MeshState::default();
-        s.apply(apply("a", 1));
+        s.apply(apply("a", 1), 1);
         let batch = MeshCommand::Batch(vec![apply("b", 1), MeshCommand::Delete { key: key("a") }]);
-        assert!(s.apply(batch.clone()).changed);
-        assert!(!s.apply(batch).changed, "same batch again");
+        assert!(s.apply(batch.clone(), 3).changed);
+        assert!(!s.apply(batch, 4).changed, "same batch again");
         assert!(s.get(&key("a")).is_none() && s.get(&key("b")).is_some());
     }
 
@@ -245,12 +270,12 @@ mod tests {
     fn hash_follows_content_not_history() {
         let mut one = MeshState::default();
         let mut two = MeshState::default();
-        one.apply(apply("a", 1));
-        one.apply(apply("b", 1));
-        two.apply(apply("b", 7));
-        two.apply(apply("a", 1));
+        one.apply(apply("a", 1), 1);
+        one.apply(apply("b", 1), 1);
+        two.apply(apply("b", 7), 1);
+        two.apply(apply("a", 1), 1);
         assert_ne!(one.hash(), two.hash());
-        two.apply(apply("b", 1));
+        two.apply(apply("b", 1), 1);
         assert_eq!(one.hash(), two.hash());
         assert_eq!(one.hash().len(), 64);
     }
@@ -258,8 +283,8 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let mut s = MeshState::default();
-        s.apply(apply("a", 1));
-        s.apply(apply("b", 2));
+        s.apply(apply("a", 1), 1);
+        s.apply(apply("b", 2), 1);
         let text = serde_json::to_string(&s).expect("serializes");
         let back: MeshState = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, s);

@@ -22,6 +22,8 @@ use super::WorkloadSelector;
         shortname = "dr",
         category = "trellis",
         printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Applied","type":"string","description":"Proxies running this generation, of those it affects","jsonPath":".status.applied"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]

@@ -29,6 +29,8 @@ pub const MESH_ROOT_NAMESPACES: &[&str] = &["trellis-system", "istio-system"];
         shortname = "pa",
         category = "trellis",
         printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mtls.mode"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Applied","type":"string","description":"Proxies running this generation, of those it affects","jsonPath":".status.applied"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -79,6 +81,8 @@ pub enum MtlsMode {
         shortname = "ap",
         category = "trellis",
         printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Applied","type":"string","description":"Proxies running this generation, of those it affects","jsonPath":".status.applied"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]

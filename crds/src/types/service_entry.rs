@@ -22,6 +22,8 @@ use super::WorkloadSelector;
         category = "trellis",
         printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
         printcolumn = r#"{"name":"Resolution","type":"string","jsonPath":".spec.resolution"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Applied","type":"string","description":"Proxies running this generation, of those it affects","jsonPath":".status.applied"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]

@@ -21,6 +21,8 @@ use super::{Percent, StringMatch};
         shortname = "vs",
         category = "trellis",
         printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Applied","type":"string","description":"Proxies running this generation, of those it affects","jsonPath":".status.applied"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]

@@ -13,6 +13,7 @@ use tonic::transport::Endpoint;
 use trellis_api as api;
 
 use super::{Credentials, Identity};
+use crate::config::Credential;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,8 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Certifier {
     /// Control-plane replicas (`--control-plane`).
     pub urls: Vec<String>,
-    /// The bootstrap token.
-    pub token: String,
+    /// The bootstrap or service-account token.
+    pub token: Credential,
     pub namespace: String,
     pub service_account: String,
     /// This proxy, for the control plane's logs.
@@ -111,7 +112,7 @@ impl Certifier {
             service_account: self.service_account.clone(),
             node: self.node.clone(),
         });
-        let bearer = format!("Bearer {}", self.token)
+        let bearer = format!("Bearer {}", self.token.read()?)
             .parse()
             .map_err(|_| "the token is not a valid header value".to_string())?;
         request.metadata_mut().insert("authorization", bearer);

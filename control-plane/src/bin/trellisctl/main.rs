@@ -16,6 +16,7 @@ mod apply;
 mod demo;
 mod remote;
 mod validate;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,8 @@ enum Command {
     },
     /// Every proxy: the replica it streams from, its version, ACK or NACK.
     ProxyStatus(remote::ProxyStatusArgs),
+    /// Wait until the rules of files run on every proxy they affect (--for=applied; --timeout).
+    Wait(wait::WaitArgs),
     /// Print the mesh's root certificate (PEM), as the replica at --server has it.
     TrustBundle,
     /// A whole mesh on this machine: 3 replicas, sidecars, backends, live traffic.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             Command::Cluster { command } => remote::cluster(server, command).await,
             Command::ProxyStatus(args) => remote::proxy_status(server, args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Wait(args) => wait::run(server, args).await,
             Command::TrustBundle => remote::trust_bundle(server).await,
         }
     })

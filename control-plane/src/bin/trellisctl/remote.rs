@@ -37,6 +37,11 @@ impl Server {
         Self { server, timeout }
     }
 
+    /// `--timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Runs `call` against each replica in turn until one answers, retrying
     /// while the error says a later try may succeed (no leader yet, a
     /// replica down), up to `--timeout`.
