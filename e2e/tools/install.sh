@@ -5,6 +5,9 @@
 #   grpcio     (PyPI, for python3: the real gRPC peer of e2e/grpc/peer.py)
 #   Kubernetes (etcd, kube-apiserver, kube-controller-manager, kubectl:
 #              e2e/kube/install.sh; minutes the first time, cached after)
+#   and, installed with apt (their services kept stopped), what the
+#   capture tests run in network namespaces: iproute2, iptables (nft
+#   backend), redis-server and redis-cli, curl, setpriv (util-linux).
 # Safe to run again: a tool already there is kept. Called by .ci/run; run it
 # by hand before `cargo test` on a new machine.
 set -euo pipefail
@@ -48,6 +51,24 @@ if ! python3 -c "import grpc" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "grpcio>=1.60" \
         || fail "pip install grpcio failed (is PyPI reachable?)"
     echo "installed grpcio for $(python3 --version)"
+fi
+
+missing=()
+for pair in ip:iproute2 iptables-restore:iptables redis-server:redis-server redis-cli:redis-tools \
+        curl:curl setpriv:util-linux; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_update
+    # No service starts on install (redis-server would take port 6379).
+    added_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || fail "apt-get install ${missing[*]} failed"
+    [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
+    echo "installed ${missing[*]} (apt)"
 fi
 
 bash "$(dirname "$0")/../kube/install.sh"

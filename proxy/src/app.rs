@@ -18,6 +18,7 @@ use crate::identity::Identity;
 use crate::inbound::accept::InboundHandshake;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+use crate::outbound::capture::CaptureHandshake;
 use crate::outbound::forward::Forward;
 use crate::outbound::Outbound;
 use crate::transport::listen::{serve, service_with, Plaintext};
@@ -117,10 +118,16 @@ impl App {
         ));
         let drain = self.config.drain_timeout;
         let outbound = service_with(outbound, |o, req| async move { o.handle(req).await });
+        let capture = CaptureHandshake {
+            detection_timeout: self.config.outbound.detection_timeout,
+            connect_timeout: self.config.outbound.connect_timeout,
+            registry_only: self.config.outbound.registry_only,
+            metrics: metrics.clone(),
+        };
         tasks.spawn(serve(
             "outbound",
             self.outbound,
-            Plaintext,
+            capture,
             outbound,
             rx.clone(),
             drain,
@@ -139,8 +146,11 @@ impl App {
                 store: store.clone(),
                 identity: identity.clone(),
                 metrics: metrics.clone(),
+                service: self.config.node.service.clone(),
+                connect_timeout: self.config.outbound.connect_timeout,
+                detection_timeout: self.config.outbound.detection_timeout,
             };
-            tracing::info!(addr = %inbound.addr, forward = %inbound.forward, mtls = identity.is_some(), "inbound listener started");
+            tracing::info!(addr = %inbound.addr, forward = ?inbound.forward, mtls = identity.is_some(), "inbound listener started");
             tasks.spawn(serve(
                 "inbound",
                 listener,

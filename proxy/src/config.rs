@@ -31,9 +31,23 @@ pub struct Args {
     #[arg(long, env = "TRELLIS_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
     pub inbound_addr: SocketAddr,
     /// The local application, for inbound requests when no iptables
-    /// redirect is in place; the inbound listener runs only with it.
+    /// redirect is in place; the inbound listener runs only with it or
+    /// with --capture.
     #[arg(long, env = "TRELLIS_INBOUND_FORWARD")]
     pub inbound_forward: Option<SocketAddr>,
+    /// iptables redirects the pod's traffic to the listeners
+    /// (`trellis-proxy init-iptables`): the inbound listener runs and
+    /// delivers to the original port on localhost.
+    #[arg(long, env = "TRELLIS_CAPTURE")]
+    pub capture: bool,
+    /// Captured traffic to a destination the mesh does not know:
+    /// ALLOW_ANY passes it through, REGISTRY_ONLY refuses it.
+    #[arg(long, env = "TRELLIS_OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"])]
+    pub outbound_traffic_policy: String,
+    /// How long a captured connection's first bytes are awaited before it
+    /// is taken as opaque TCP (server-first protocols send nothing).
+    #[arg(long, env = "TRELLIS_PROTOCOL_DETECTION_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub protocol_detection_timeout: Duration,
     /// Admin endpoint: /live /ready /metrics /config_dump.
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -142,13 +156,19 @@ pub struct OutboundConfig {
     pub addr: SocketAddr,
     /// Upper bound on establishing a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+    /// Refuse captured traffic to destinations outside the mesh.
+    pub registry_only: bool,
+    pub detection_timeout: Duration,
 }
 
 /// The inbound listener and the application behind it.
 #[derive(Clone, Debug)]
 pub struct InboundConfig {
     pub addr: SocketAddr,
-    pub forward: SocketAddr,
+    /// Where requests go when the connection was not redirected by
+    /// iptables (`--inbound-forward`); a captured one goes to its original
+    /// port on localhost.
+    pub forward: Option<SocketAddr>,
 }
 
 /// How the proxy obtains its workload certificate.
@@ -282,10 +302,12 @@ impl Config {
             outbound: OutboundConfig {
                 addr: args.outbound_addr,
                 connect_timeout: args.connect_timeout,
+                registry_only: args.outbound_traffic_policy == "REGISTRY_ONLY",
+                detection_timeout: args.protocol_detection_timeout,
             },
-            inbound: args.inbound_forward.map(|forward| InboundConfig {
+            inbound: (args.capture || args.inbound_forward.is_some()).then_some(InboundConfig {
                 addr: args.inbound_addr,
-                forward,
+                forward: args.inbound_forward,
             }),
             admin: AdminConfig {
                 addr: args.admin_addr,

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod capture;
 pub mod config;
 pub mod discovery;
 pub mod identity;

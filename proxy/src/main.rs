@@ -1,8 +1,10 @@
-//! `trellis-proxy`: flags -> Config -> App::spawn -> wait for a signal -> drain.
+//! `trellis-proxy`: flags -> Config -> App::spawn -> wait for a signal -> drain;
+//! `trellis-proxy init-iptables ...`: the pod's capture rules, then exit.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use trellis_proxy::capture::{run_capture, CaptureArgs};
 use trellis_proxy::config::{Args, Config};
 use trellis_proxy::App;
 
@@ -15,6 +17,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let mut argv = std::env::args_os();
+    if argv.nth(1).is_some_and(|a| a == "init-iptables") {
+        let args = CaptureArgs::parse_from(std::env::args_os().skip(1));
+        return match run_capture(&args) {
+            Ok(report) => {
+                if args.dry_run {
+                    print!("{report}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trellis-proxy init-iptables: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::build(Args::parse()) {
         Ok(config) => config,
         Err(e) => {

@@ -63,6 +63,24 @@ pub struct HandshakeLabels {
     pub reason: &'static str,
 }
 
+/// Opaque TCP connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// The service, or `PassthroughCluster` for a destination outside the mesh.
+    pub destination_service: String,
+}
+
+/// Captured traffic to destinations the mesh does not know.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabels {
+    /// `http` or `tcp`.
+    pub protocol: &'static str,
+    /// `allowed` (ALLOW_ANY) or `refused` (REGISTRY_ONLY).
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     pub destination_service: String,
@@ -92,6 +110,11 @@ pub struct Metrics {
     pub cert_renewals: Family<ReloadLabels, Counter>,
     pub handshake_failures: Family<HandshakeLabels, Counter>,
     pub mirror_requests: Family<MirrorLabels, Counter>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    pub tcp_received: Family<TcpLabels, Counter>,
+    pub passthrough: Family<PassthroughLabels, Counter>,
     registry: Registry,
 }
 
@@ -183,7 +206,44 @@ impl Metrics {
             "Copies of requests for mirrors, by what became of them",
             mirror_requests.clone(),
         );
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_opened",
+            "Opaque TCP connections opened",
+            tcp_opened.clone(),
+        );
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_closed",
+            "Opaque TCP connections closed",
+            tcp_closed.clone(),
+        );
+        let tcp_sent = Family::<TcpLabels, Counter>::default();
+        registry.register_with_unit(
+            "tcp_sent",
+            "Bytes sent to the destination on opaque TCP connections",
+            prometheus_client::registry::Unit::Bytes,
+            tcp_sent.clone(),
+        );
+        let tcp_received = Family::<TcpLabels, Counter>::default();
+        registry.register_with_unit(
+            "tcp_received",
+            "Bytes received from the destination on opaque TCP connections",
+            prometheus_client::registry::Unit::Bytes,
+            tcp_received.clone(),
+        );
+        let passthrough = Family::<PassthroughLabels, Counter>::default();
+        registry.register(
+            "outbound_passthrough",
+            "Captured connections (tcp) and requests (http) to destinations outside the mesh",
+            passthrough.clone(),
+        );
         Self {
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
+            passthrough,
             mirror_requests,
             cert_expiry,
             cert_renewals,
@@ -215,6 +275,29 @@ impl Metrics {
                 destination_service: service.to_string(),
                 result,
             })
+            .inc();
+    }
+
+    /// An opaque connection to `service` opened.
+    pub fn tcp_open(&self, direction: &'static str, service: &str) -> TcpLabels {
+        let labels = TcpLabels {
+            direction,
+            destination_service: service.to_string(),
+        };
+        self.tcp_opened.get_or_create(&labels).inc();
+        labels
+    }
+
+    /// The opaque connection of `labels` closed after `sent`/`received` bytes.
+    pub fn tcp_close(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
+    pub fn passthrough(&self, protocol: &'static str, result: &'static str) {
+        self.passthrough
+            .get_or_create(&PassthroughLabels { protocol, result })
             .inc();
     }
 

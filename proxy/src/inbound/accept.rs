@@ -17,8 +17,11 @@ use crate::identity::spiffe::identity_of;
 use crate::identity::verify::io_failure_reason;
 use crate::identity::{Identity, SpiffeId};
 use crate::metrics::Metrics;
+use crate::transport::detect::{detect, Protocol};
 use crate::transport::io::MaybeTls;
 use crate::transport::listen::Handshake;
+use crate::transport::opaque;
+use crate::transport::orig_dst::original_dst;
 
 /// Time allowed for the first byte and the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +33,9 @@ const TLS_HANDSHAKE: u8 = 0x16;
 pub struct PeerSecurity {
     /// The client sidecar's verified identity (mTLS), else `None`.
     pub principal: Option<Arc<SpiffeId>>,
+    /// The port the client dialled, when iptables redirected the
+    /// connection here: the application's port on localhost.
+    pub app_port: Option<u16>,
 }
 
 impl PeerSecurity {
@@ -49,6 +55,10 @@ pub struct InboundHandshake {
     pub store: Arc<ConfigStore>,
     pub identity: Option<Arc<Identity>>,
     pub metrics: Arc<Metrics>,
+    /// This workload's name (`destination_service` of opaque connections).
+    pub service: String,
+    pub connect_timeout: Duration,
+    pub detection_timeout: Duration,
 }
 
 impl InboundHandshake {
@@ -57,10 +67,38 @@ impl InboundHandshake {
         tracing::debug!(%peer, reason, %detail, "inbound connection refused");
     }
 
+    /// A plaintext connection redirected to `port`: HTTP is served; anything
+    /// else is relayed to the application's port as opaque TCP.
+    async fn plain_captured(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        port: u16,
+    ) -> Option<(TokioIo<MaybeTls>, PeerSecurity)> {
+        if detect(&stream, self.detection_timeout).await == Protocol::Http {
+            let security = PeerSecurity {
+                principal: None,
+                app_port: Some(port),
+            };
+            return Some((TokioIo::new(MaybeTls::Plain(stream)), security));
+        }
+        let app = SocketAddr::from(([127, 0, 0, 1], port));
+        match opaque::connect(app, self.connect_timeout).await {
+            Ok(upstream) => {
+                let labels = self.metrics.tcp_open("inbound", &self.service);
+                let (received, sent) = opaque::relay(stream, upstream).await;
+                self.metrics.tcp_close(&labels, sent, received);
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "inbound opaque connection failed"),
+        }
+        None
+    }
+
     async fn tls(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        app_port: Option<u16>,
     ) -> Option<(TokioIo<MaybeTls>, PeerSecurity)> {
         let Some(credentials) = self.identity.as_ref().and_then(|i| i.current()) else {
             self.fail(
@@ -96,7 +134,13 @@ impl InboundHandshake {
             return None;
         }
         let io = TokioIo::new(MaybeTls::Tls(Box::new(tls.into())));
-        Some((io, PeerSecurity { principal }))
+        Some((
+            io,
+            PeerSecurity {
+                principal,
+                app_port,
+            },
+        ))
     }
 }
 
@@ -109,18 +153,31 @@ impl Handshake for InboundHandshake {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Option<(Self::Io, Self::Peer)> {
-        let plain = |stream| {
-            Some((
-                TokioIo::new(MaybeTls::Plain(stream)),
-                PeerSecurity { principal: None },
-            ))
-        };
+        let app_port = original_dst(&stream).map(|a| a.port());
         let mode = self.store.load().inbound.mtls;
+        let plain = |stream| async move {
+            match app_port {
+                Some(port) => self.plain_captured(stream, peer, port).await,
+                None => Some((
+                    TokioIo::new(MaybeTls::Plain(stream)),
+                    PeerSecurity {
+                        principal: None,
+                        app_port: None,
+                    },
+                )),
+            }
+        };
         if mode == MtlsMode::Disable {
-            return plain(stream);
+            return plain(stream).await;
         }
         let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
+        // A captured connection may carry a protocol whose server speaks
+        // first: silence past the detection timeout is plaintext.
+        let wait = match app_port {
+            Some(_) => self.detection_timeout,
+            None => HANDSHAKE_TIMEOUT,
+        };
+        let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
         let is_tls = match peeked {
             Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
             Ok(Ok(_)) => return None, // closed before a byte
@@ -128,14 +185,15 @@ impl Handshake for InboundHandshake {
                 tracing::debug!(%peer, error = %e, "inbound connection failed");
                 return None;
             }
+            Err(_) if app_port.is_some() => false,
             Err(_) => {
                 self.fail(peer, "timeout", &"no first byte");
                 return None;
             }
         };
         match (mode, is_tls) {
-            (_, true) => self.tls(stream, peer).await,
-            (MtlsMode::Permissive, false) => plain(stream),
+            (_, true) => self.tls(stream, peer, app_port).await,
+            (MtlsMode::Permissive, false) => plain(stream).await,
             (_, false) => {
                 self.fail(peer, "plaintext", &"plaintext on a STRICT listener");
                 None

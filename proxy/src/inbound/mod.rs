@@ -1,9 +1,10 @@
 //! The inbound side: requests from other sidecars to the local application.
 //! `accept` terminates mTLS (or not) per the workload's PeerAuthentication;
 //! then each request's path is normalized, AuthorizationPolicies are
-//! applied (`policy`), and with `--inbound-forward ADDR` (no iptables
-//! redirect) the request goes to the application at ADDR over pooled
-//! HTTP/1.1 connections, with the path that was authorized.
+//! applied (`policy`), and the request goes to the application over pooled
+//! HTTP/1.1 connections, with the path that was authorized: on the port
+//! the client dialled, on localhost, when iptables redirected it here;
+//! else at `--inbound-forward ADDR`.
 
 pub mod accept;
 pub mod path;
@@ -31,7 +32,11 @@ use crate::transport::pool::{EndpointPool, PoolConfig};
 /// Authorizes inbound requests and forwards them to the local application.
 #[derive(Debug)]
 pub struct Inbound {
-    app: Arc<EndpointPool>,
+    /// `--inbound-forward`: where requests go that were not redirected.
+    app: Option<Arc<EndpointPool>>,
+    /// The application's ports on localhost, for redirected connections.
+    ports: std::sync::Mutex<std::collections::HashMap<u16, Arc<EndpointPool>>>,
+    config: PoolConfig,
     store: Arc<ConfigStore>,
     service: String,
     metrics: Arc<Metrics>,
@@ -45,7 +50,7 @@ pub const XFCC: &str = "x-forwarded-client-cert";
 impl Inbound {
     /// `service` names this workload in metrics (`destination_service`).
     pub fn new(
-        app: SocketAddr,
+        app: Option<SocketAddr>,
         connect_timeout: Duration,
         service: &str,
         store: Arc<ConfigStore>,
@@ -59,7 +64,9 @@ impl Inbound {
             mtls: None,
         };
         Self {
-            app: Arc::new(EndpointPool::new(&app.to_string(), config, None)),
+            app: app.map(|a| Arc::new(EndpointPool::new(&a.to_string(), config.clone(), None))),
+            ports: std::sync::Mutex::new(std::collections::HashMap::new()),
+            config,
             store,
             service: service.to_string(),
             metrics,
@@ -73,10 +80,13 @@ impl Inbound {
             .extensions()
             .get::<PeerSecurity>()
             .cloned()
-            .unwrap_or(PeerSecurity { principal: None });
+            .unwrap_or(PeerSecurity {
+                principal: None,
+                app_port: None,
+            });
         let grpc = is_grpc(req.headers());
         let (response, reason) = match self.authorize(req, &peer) {
-            Ok(request) => self.forward(request, grpc).await,
+            Ok(request) => self.forward(request, peer.app_port, grpc).await,
             Err(reason) => (reason.reply(reason.status(), grpc), reason.as_str()),
         };
         let labels = DurationLabels {
@@ -161,12 +171,38 @@ impl Inbound {
         Ok(Request::from_parts(parts, RequestBody::streaming(incoming)))
     }
 
+    /// The application's pool for a request that arrived on `port`
+    /// (redirected), else the `--inbound-forward` one.
+    fn app(&self, port: Option<u16>) -> Option<Arc<EndpointPool>> {
+        let Some(port) = port else {
+            return self.app.clone();
+        };
+        let mut ports = self
+            .ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pool = ports.entry(port).or_insert_with(|| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            Arc::new(EndpointPool::new(
+                &addr.to_string(),
+                self.config.clone(),
+                None,
+            ))
+        });
+        Some(pool.clone())
+    }
+
     async fn forward(
         &self,
         request: Request<RequestBody>,
+        port: Option<u16>,
         grpc: bool,
     ) -> (Response<ProxyBody>, &'static str) {
-        match self.app.send(request).await {
+        let Some(app) = self.app(port) else {
+            let reason = Reason::NoRoute;
+            return (reason.reply(reason.status(), grpc), reason.as_str());
+        };
+        match app.send(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

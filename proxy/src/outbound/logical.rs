@@ -7,9 +7,10 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::capture::{OriginalDst, PASSTHROUGH};
 use super::forward::{Forward, LocalReply};
 use super::local_reply::{is_grpc, Reason};
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ProxyBody, RequestBody};
 use crate::config::NodeConfig;
 use crate::discovery::matcher::RequestView;
 use crate::discovery::model::{Route, WeightedCluster};
@@ -52,6 +53,13 @@ impl Outbound {
         let start = Instant::now();
         ensure_request_id(req.headers_mut());
         let table = self.store.load();
+        if let Some(original) = req.extensions().get::<OriginalDst>() {
+            let unknown = request_authority(&req).is_some_and(|a| table.host(a).is_none());
+            if unknown {
+                let original = original.clone();
+                return self.passthrough(original, req, start).await;
+            }
+        }
         let grpc = is_grpc(req.headers());
         let (resp, target, reason) = match self.route(&table, req).await {
             Ok((resp, target)) => (resp, Some(target), ""),
@@ -124,6 +132,42 @@ impl Outbound {
             Ok(resp) => Ok((resp, target)),
             Err(reply) => Err((reply, Some(target))),
         }
+    }
+
+    /// A captured request for a host the mesh does not know: sent to where
+    /// the application was connecting (ALLOW_ANY), or refused (REGISTRY_ONLY).
+    async fn passthrough(
+        &self,
+        original: OriginalDst,
+        req: Request<Incoming>,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let grpc = is_grpc(req.headers());
+        let (resp, reason) = if original.registry_only {
+            self.metrics.passthrough("http", "refused");
+            (
+                Reason::NoRoute.reply(StatusCode::NOT_FOUND, grpc),
+                Reason::NoRoute.as_str(),
+            )
+        } else {
+            self.metrics.passthrough("http", "allowed");
+            match original.pool.send(req.map(RequestBody::streaming)).await {
+                Ok(resp) => (resp.map(body::stream), ""),
+                Err(e) => {
+                    let reason = Reason::of(&e.into());
+                    (reason.reply(reason.status(), grpc), reason.as_str())
+                }
+            }
+        };
+        let seconds = start.elapsed().as_secs_f64();
+        let labels = self.labels(PASSTHROUGH, "", "", false);
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        let labels = labels.with_response(resp.status().as_u16(), reason);
+        self.metrics.requests.get_or_create(&labels).inc();
+        resp
     }
 
     fn record(

@@ -2,8 +2,10 @@
 //! the mesh. `logical` routes, `forward` applies the route's policies,
 //! `request` shapes the upstream request, `mirror` sends copies to
 //! mirrors, `endpoint` makes one attempt at one endpoint, `local_reply`
-//! answers what the proxy itself fails.
+//! answers what the proxy itself fails; `capture` splits connections that
+//! iptables redirected into HTTP and opaque TCP.
 
+pub mod capture;
 pub mod endpoint;
 pub mod forward;
 pub mod headers;

@@ -36,6 +36,11 @@ pub trait Handshake: Clone + Send + Sync + 'static {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> impl Future<Output = Option<(Self::Io, Self::Peer)>> + Send;
+
+    /// Puts what requests should know of the connection in their extensions.
+    fn extend(peer: &Self::Peer, extensions: &mut http::Extensions) {
+        extensions.insert(peer.clone());
+    }
 }
 
 /// No handshake: HTTP straight over TCP.
@@ -123,7 +128,7 @@ pub async fn serve<S, H: Handshake>(
                             return;
                         };
                         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                            req.extensions_mut().insert(info.clone());
+                            H::extend(&info, req.extensions_mut());
                             inner.call(req)
                         });
                         let conn = builder.serve_connection(io, svc).into_owned();

@@ -1,0 +1,122 @@
+//! The outbound listener's handshake. A connection iptables redirected
+//! (it has an original destination) is classified by its first bytes:
+//! HTTP is served and routed by `Host` as any other (a request for a host
+//! the mesh does not know goes to the original destination: ALLOW_ANY, or
+//! is refused: REGISTRY_ONLY); anything else is opaque TCP, passed through
+//! to the original destination or refused the same way. A connection made
+//! to the listener itself is HTTP, as before capture.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
+use crate::transport::detect::{detect, Protocol};
+use crate::transport::listen::{Handshake, PeerAddr};
+use crate::transport::opaque;
+use crate::transport::orig_dst::original_dst;
+use crate::transport::pool::{EndpointPool, PoolConfig};
+
+/// The `destination_service` of traffic outside the mesh (Istio's name).
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+
+/// Where a captured HTTP connection was going, and a connection pool to
+/// it for requests the mesh has no route for.
+#[derive(Clone, Debug)]
+pub struct OriginalDst {
+    pub addr: SocketAddr,
+    pub pool: Arc<EndpointPool>,
+    /// REGISTRY_ONLY: requests for unknown hosts are refused.
+    pub registry_only: bool,
+}
+
+/// What requests know of their outbound connection.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub peer: PeerAddr,
+    pub original: Option<OriginalDst>,
+}
+
+/// Detects and splits captured connections.
+#[derive(Clone, Debug)]
+pub struct CaptureHandshake {
+    pub detection_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub registry_only: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl CaptureHandshake {
+    /// Opaque TCP to `target`, a destination outside the mesh.
+    async fn passthrough(&self, client: TcpStream, peer: SocketAddr, target: SocketAddr) {
+        if self.registry_only {
+            self.metrics.passthrough("tcp", "refused");
+            tracing::debug!(%peer, %target, "opaque connection outside the mesh refused (REGISTRY_ONLY)");
+            return;
+        }
+        self.metrics.passthrough("tcp", "allowed");
+        let upstream = match opaque::connect(target, self.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "opaque connection failed");
+                return;
+            }
+        };
+        let labels = self.metrics.tcp_open("outbound", PASSTHROUGH);
+        let (sent, received) = opaque::relay(client, upstream).await;
+        self.metrics.tcp_close(&labels, sent, received);
+    }
+}
+
+impl Handshake for CaptureHandshake {
+    type Io = TokioIo<TcpStream>;
+    type Peer = Accepted;
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Self::Io, Self::Peer)> {
+        let Some(addr) = original_dst(&stream) else {
+            let accepted = Accepted {
+                peer: PeerAddr(peer),
+                original: None,
+            };
+            return Some((TokioIo::new(stream), accepted));
+        };
+        match detect(&stream, self.detection_timeout).await {
+            Protocol::Opaque => {
+                self.passthrough(stream, peer, addr).await;
+                None
+            }
+            Protocol::Http => {
+                let config = PoolConfig {
+                    http2: false,
+                    connect_timeout: self.connect_timeout,
+                    max_requests_per_connection: 0,
+                    mtls: None,
+                };
+                let original = OriginalDst {
+                    addr,
+                    pool: Arc::new(EndpointPool::new(&addr.to_string(), config, None)),
+                    registry_only: self.registry_only,
+                };
+                let accepted = Accepted {
+                    peer: PeerAddr(peer),
+                    original: Some(original),
+                };
+                Some((TokioIo::new(stream), accepted))
+            }
+        }
+    }
+
+    fn extend(peer: &Self::Peer, extensions: &mut http::Extensions) {
+        extensions.insert(peer.peer);
+        if let Some(original) = &peer.original {
+            extensions.insert(original.clone());
+        }
+    }
+}
