@@ -108,7 +108,6 @@ fn every_field_is_compiled_or_refused_with_its_position() {
     }
     // What a user tried and found silently ignored before is refused now.
     for named in [
-        "spec.tcp",
         "spec.tls",
         "spec.gateways[1]",
         "spec.subsets[4].trafficPolicy.tls.mode",

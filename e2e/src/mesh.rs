@@ -33,6 +33,9 @@ pub struct ControlPlane {
     /// Whether replicas are started with `--peers` (else they wait for
     /// `trellisctl cluster init`).
     peers: bool,
+    /// Where the proxy stream listens, when not only on loopback (proxies
+    /// in network namespaces reach the replicas through a bridge).
+    pub xds_bind: Option<std::net::IpAddr>,
     dir: TempDir,
 }
 
@@ -47,6 +50,16 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// Starts `n` replicas whose proxy stream listens on `ip` (the port of
+    /// `Replica::xds`), for proxies in network namespaces.
+    pub fn start_reachable(n: u64, ip: std::net::IpAddr, extra: &[&str]) -> Result<Self> {
+        let cp = Self::spawn_all_with(n, extra, true, Some(ip))?;
+        if cp.wait_leader(Duration::from_secs(10)).is_none() {
+            bail!("no leader within 10 s:\n{}", cp.logs());
+        }
+        Ok(cp)
+    }
+
     /// Starts `n` replicas that know no peers: no group until
     /// `trellisctl cluster init`.
     pub fn start_unformed(n: u64) -> Result<Self> {
@@ -54,6 +67,15 @@ impl ControlPlane {
     }
 
     fn spawn_all(n: u64, extra: &[&str], peers: bool) -> Result<Self> {
+        Self::spawn_all_with(n, extra, peers, None)
+    }
+
+    fn spawn_all_with(
+        n: u64,
+        extra: &[&str],
+        peers: bool,
+        xds_bind: Option<std::net::IpAddr>,
+    ) -> Result<Self> {
         let dir = TempDir::new("control-plane")?;
         let watch_dir = dir.path().join("rules");
         std::fs::create_dir_all(&watch_dir)?;
@@ -73,6 +95,7 @@ impl ControlPlane {
             watch_dir,
             extra: extra.iter().map(ToString::to_string).collect(),
             peers,
+            xds_bind,
             dir,
         };
         for id in 1..=n {
@@ -97,6 +120,7 @@ impl ControlPlane {
         let log_dir = self.dir.path().to_path_buf();
         let extra = self.extra.clone();
         let with_peers = self.peers;
+        let xds_bind = self.xds_bind;
         let r = &mut self.replicas[(id - 1) as usize];
         r.starts += 1;
         let mut args = vec![
@@ -107,7 +131,9 @@ impl ControlPlane {
             "--raft-addr".into(),
             r.raft.to_string(),
             "--xds-addr".into(),
-            r.xds.to_string(),
+            xds_bind
+                .map_or(r.xds, |ip| SocketAddr::new(ip, r.xds.port()))
+                .to_string(),
             "--admin-addr".into(),
             r.admin.to_string(),
             "--watch-dir".into(),

@@ -1,9 +1,10 @@
 //! Transparent capture in pods that are network namespaces: each sidecar
 //! runs as uid 1337 after `trellis-proxy init-iptables`; the applications
 //! (curl, redis-cli, a greeting-first server, a byte sink) know nothing of
-//! the mesh. HTTP is routed by the rules; other TCP passes through both
-//! sidecars as opaque bytes; destinations outside the mesh pass under
-//! ALLOW_ANY and are refused under REGISTRY_ONLY.
+//! the mesh. HTTP is routed by the rules; other TCP to a service's address
+//! goes through both sidecars as opaque bytes, split by `tcp` routes;
+//! destinations outside the mesh pass under ALLOW_ANY and are refused
+//! under REGISTRY_ONLY.
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,7 +28,10 @@ def serve(kind, port):
     s.listen(16)
     while True:
         c, _ = s.accept()
-        if kind == "greet":
+        if kind.startswith("who="):
+            c.makefile("rb").readline()
+            c.sendall(kind[4:].encode() + b"\n")
+        elif kind == "greet":
             c.sendall(b"HELLO from the database\n")
             line = c.makefile("rb").readline()
             c.sendall(b"ECHO " + line)
@@ -51,6 +55,16 @@ def data(size):
         sent += len(chunk)
 
 def client(kind, host, port, size=0):
+    if kind == "who":
+        counts = {}
+        for _ in range(size):
+            c = socket.create_connection((host, port), timeout=60)
+            c.sendall(b"who?\n")
+            name = c.makefile("rb").readline().decode().strip()
+            counts[name] = counts.get(name, 0) + 1
+            c.close()
+        print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        return
     c = socket.create_connection((host, port), timeout=60)
     if kind == "greet":
         f = c.makefile("rb")
@@ -75,6 +89,51 @@ else:
 fn rules(v1: &str, v2: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db}}
+spec:
+  hosts: [db.example]
+  addresses: [10.96.0.20]
+  ports:
+  - {{number: 6379, name: redis, protocol: REDIS}}
+  - {{number: 7000, name: tcp-greet, protocol: TCP}}
+  - {{number: 7001, name: tcp-sink, protocol: TCP}}
+  resolution: STATIC
+  endpoints: [{{address: {v2}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: who}}
+spec:
+  hosts: [who.example]
+  addresses: [10.96.0.30]
+  ports: [{{number: 7002, name: tcp-who, protocol: TCP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: {v1}, labels: {{version: v1}}}}
+  - {{address: {v2}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: who}}
+spec:
+  host: who.example
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: who}}
+spec:
+  hosts: [who.example]
+  tcp:
+  - match: [{{port: 7002}}]
+    route:
+    - {{destination: {{host: who.example, subset: v1}}, weight: 80}}
+    - {{destination: {{host: who.example, subset: v2}}, weight: 20}}
+---
+apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: reviews}}
 spec:
@@ -122,19 +181,22 @@ struct Sidecar {
 }
 
 /// `init-iptables`, then the proxy as uid 1337 with `--capture`.
+/// A sidecar in static mode, with the rules of `config`.
 fn sidecar(net: &Network, pod: &Pod, name: &str, config: &Path, extra: &[&str]) -> Result<Sidecar> {
+    let mut args = vec!["--config", config.to_str().unwrap_or_default()];
+    args.extend_from_slice(extra);
+    sidecar_with(net, pod, name, &args)
+}
+
+/// `init-iptables`, then the proxy as uid 1337 with `--capture` and `args`.
+fn sidecar_with(net: &Network, pod: &Pod, name: &str, args: &[&str]) -> Result<Sidecar> {
     let proxy = bin("trellis-proxy")?.display().to_string();
     pod.exec(
         &proxy,
         &["init-iptables", "--proxy-uid", &PROXY_UID.to_string()],
     )?;
-    let mut args = vec![
-        "--config".to_string(),
-        config.display().to_string(),
-        "--capture".into(),
-        "--service".into(),
-        name.into(),
-    ];
+    let extra = args;
+    let mut args = vec!["--capture".to_string(), "--service".into(), name.into()];
     args.extend(extra.iter().map(ToString::to_string));
     let process = pod.spawn_as(
         &format!("sidecar {name}"),
@@ -164,7 +226,7 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
     let mut net = Network::new()?;
     let (b_ip, c_ip, d_ip) = (net.address(3), net.address(4), net.address(5));
     // Cluster DNS: the service name is a virtual address no host owns.
-    let hosts = format!("10.96.0.10 reviews\n{c_ip} db\n{d_ip} outside");
+    let hosts = format!("10.96.0.10 reviews\n10.96.0.20 db\n10.96.0.30 who\n{d_ip} outside");
     let a = net.pod("a", 2, &hosts)?;
     let b = net.pod("b", 3, &hosts)?;
     let c = net.pod("c", 4, &hosts)?;
@@ -214,9 +276,15 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
     .map(ToString::to_string)
     .collect();
     apps.push(c.spawn_as("redis", None, &redis, &redis_args, log("redis"))?);
-    for (kind, port) in [("greet", "7000"), ("sink", "7001")] {
+    let servers = [
+        (&c, "greet", "7000"),
+        (&c, "sink", "7001"),
+        (&b, "who=b", "7002"),
+        (&c, "who=c", "7002"),
+    ];
+    for (pod, kind, port) in servers {
         let args = [peers.clone(), "serve".into(), kind.into(), port.into()];
-        apps.push(c.spawn_as(kind, None, "python3", &args, log(kind))?);
+        apps.push(pod.spawn_as(kind, None, "python3", &args, log(kind))?);
     }
 
     let before = nat_rules(&a)?;
@@ -268,6 +336,20 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
         "HELLO from the database | ECHO ping",
         "{greeting}"
     );
+    // ... split by a `tcp` route, 80/20 over 500 connections ...
+    let split = a.exec("python3", &[&peers, "client", "who", "who", "7002", "500"])?;
+    let count = |name: &str| -> u32 {
+        split
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("b") + count("c"), 500, "{split}");
+    assert!(
+        (375..=425).contains(&count("b")),
+        "80/20 within 5 points: {split}"
+    );
     // ... and 100 MiB with a half-close, checksummed at the far end.
     let size = (100u64 << 20).to_string();
     let sink = a.exec("python3", &[&peers, "client", "sink", "db", "7001", &size])?;
@@ -290,7 +372,22 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
         "trellis_outbound_passthrough_total",
         &["result=\"allowed\""],
     );
-    assert!(allowed >= 2.0, "passthrough counted: {allowed}");
+    assert!(allowed >= 1.0, "passthrough counted: {allowed}");
+    let direct = a.exec("redis-cli", &["-h", &c_ip, "PING"])?;
+    assert_eq!(
+        direct.trim(),
+        "PONG",
+        "an address no service has passes through"
+    );
+    let db = sum_samples(
+        &metrics(&a),
+        "trellis_tcp_connections_opened_total",
+        &["destination_service=\"db.example\""],
+    );
+    assert!(
+        db >= 4.0,
+        "the database's connections are its service's: {db}"
+    );
 
     // ... and refused under REGISTRY_ONLY, while the mesh's services work.
     sidecar_a.process.kill();
@@ -313,7 +410,9 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
         ],
     )?;
     assert_eq!(code, "404", "an unknown host is refused");
-    let (ok, out, _) = a.try_exec("redis-cli", &["-h", "db", "PING"])?;
+    let known = a.exec("redis-cli", &["-h", "db", "PING"])?;
+    assert_eq!(known.trim(), "PONG", "the mesh's TCP services still work");
+    let (ok, out, _) = a.try_exec("redis-cli", &["-h", &c_ip, "PING"])?;
     assert!(
         !ok || !out.contains("PONG"),
         "opaque TCP outside the mesh refused: {out}"
@@ -333,5 +432,133 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
     a.exec(&proxy, &["init-iptables", "--cleanup"])?;
     assert_eq!(nat_rules(&a)?, before);
     drop(apps);
+    Ok(())
+}
+
+#[test]
+fn opaque_tcp_between_sidecars_is_mutual_tls_under_strict() -> Result<()> {
+    let mut net = Network::new()?;
+    let c_ip = net.address(4);
+    let hosts = "10.96.0.20 db";
+    let a = net.pod("a", 2, hosts)?;
+    let c = net.pod("c", 4, hosts)?;
+    let d = net.pod("d", 5, hosts)?;
+    let gateway: std::net::IpAddr = net.address(1).parse()?;
+    let tokens = net.dir.path().join("tokens");
+    let token = "e2e-capture-token-0123456789";
+    std::fs::write(&tokens, format!("{token} *\n"))?;
+    let cp = trellis_e2e::mesh::ControlPlane::start_reachable(
+        1,
+        gateway,
+        &["--bootstrap-tokens", tokens.to_str().unwrap_or_default()],
+    )?;
+    cp.write_rules(
+        "db.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db}}
+spec:
+  hosts: [db.example]
+  addresses: [10.96.0.20]
+  ports: [{{number: 6379, name: redis, protocol: REDIS}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: {c_ip}, serviceAccount: db, labels: {{security.istio.io/tlsMode: istio}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: trellis-system}}
+spec:
+  mtls: {{mode: STRICT}}
+"
+        ),
+    )?;
+    let redis = tool("redis-server")?.display().to_string();
+    let redis_args: Vec<String> = [
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let _redis = c.spawn_as(
+        "redis",
+        None,
+        &redis,
+        &redis_args,
+        net.dir.path().join("redis.log"),
+    )?;
+    let url = format!("http://{gateway}:{}", cp.replicas[0].xds.port());
+    let connected = |sa: &'static str| {
+        vec![
+            "--control-plane".to_string(),
+            url.clone(),
+            "--bootstrap-token".into(),
+            token.into(),
+            "--service-account".into(),
+            sa.into(),
+        ]
+    };
+    let a_args = connected("client");
+    let c_args = connected("db");
+    let _sidecar_c = sidecar_with(
+        &net,
+        &c,
+        "db",
+        &c_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let _sidecar_a = sidecar_with(
+        &net,
+        &a,
+        "client",
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    // Both have certificates and the STRICT policy before traffic counts.
+    for pod in [&a, &c] {
+        let ready = wait_until(Duration::from_secs(20), || {
+            let dump = pod
+                .try_exec("curl", &["-s", "http://127.0.0.1:15000/config_dump"])
+                .map(|(_, o, _)| o)
+                .unwrap_or_default();
+            dump.contains("spiffe_id") && dump.contains("\"mtls\": \"STRICT\"")
+        });
+        assert!(ready, "no certificate or policy in {}", pod.netns);
+    }
+    let pong = wait_until(Duration::from_secs(10), || {
+        a.try_exec("redis-cli", &["-h", "db", "PING"])
+            .is_ok_and(|(_, out, _)| out.trim() == "PONG")
+    });
+    assert!(pong, "redis through two sidecars under STRICT");
+    assert_eq!(
+        a.exec("redis-cli", &["-h", "db", "SET", "k", "over-mtls"])?
+            .trim(),
+        "OK"
+    );
+    assert_eq!(
+        a.exec("redis-cli", &["-h", "db", "GET", "k"])?.trim(),
+        "over-mtls"
+    );
+    let inbound = sum_samples(
+        &metrics(&c),
+        "trellis_tcp_connections_opened_total",
+        &["direction=\"inbound\""],
+    );
+    assert!(
+        inbound >= 3.0,
+        "the database's sidecar relayed them: {inbound}"
+    );
+    // A client without a sidecar (plaintext) is refused by STRICT.
+    let (ok, out, _) = d.try_exec("redis-cli", &["-h", &c_ip, "PING"])?;
+    assert!(
+        !ok || !out.contains("PONG"),
+        "plaintext reached the database: {out}"
+    );
     Ok(())
 }

@@ -119,6 +119,7 @@ impl App {
         let drain = self.config.drain_timeout;
         let outbound = service_with(outbound, |o, req| async move { o.handle(req).await });
         let capture = CaptureHandshake {
+            store: store.clone(),
             detection_timeout: self.config.outbound.detection_timeout,
             connect_timeout: self.config.outbound.connect_timeout,
             registry_only: self.config.outbound.registry_only,

@@ -20,6 +20,10 @@ pub struct Service {
     pub host: String,
     /// Other names that address this service exactly.
     pub aliases: Vec<String>,
+    /// IP addresses the application dials for it (ServiceEntry
+    /// `addresses`, a Kubernetes ClusterIP): captured traffic to one of
+    /// them, on one of its ports, is this service's.
+    pub addresses: Vec<String>,
     pub ports: Vec<ServicePortSpec>,
     pub instances: Vec<Instance>,
     /// Where the service is declared (the default namespace of its
@@ -125,6 +129,7 @@ impl Endpoints {
                     Service {
                         host: fqdn,
                         aliases: Vec::new(),
+                        addresses: se.spec.addresses.clone(),
                         ports: ports.clone(),
                         instances,
                         namespace: se.namespace().to_string(),

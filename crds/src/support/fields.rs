@@ -8,8 +8,9 @@ const fn f(path: &'static str, support: Support) -> Field {
     Field { path, support }
 }
 
-const OPAQUE_TCP: &str = "opaque TCP traffic is not proxied yet; routes and ports are HTTP only";
-const CAPTURE: &str = "selecting traffic by destination address needs transparent capture, which Trellis does not do yet";
+const OPAQUE_TCP: &str =
+    "TLS and HTTPS ports are not proxied: declare the port TCP to carry it as opaque bytes";
+const L4_MATCH: &str = "tcp routes match on the destination port only";
 const ONE_MESH: &str = "Trellis configures sidecars only (the \"mesh\" gateway)";
 const EXPORT: &str =
     "rules are visible to the whole mesh; per-namespace visibility is not implemented";
@@ -70,7 +71,15 @@ const VIRTUAL_SERVICE: &[Field] = &[
         "tls",
         Refused("TLS routes (SNI) are not supported; Trellis routes HTTP"),
     ),
-    f("tcp", Refused(OPAQUE_TCP)),
+    f("tcp", Enforced),
+    f("tcp[].match", Enforced),
+    f("tcp[].match[].port", Enforced),
+    f("tcp[].match[].destinationSubnets", Refused(L4_MATCH)),
+    f("tcp[].match[].sourceLabels", Refused(L4_MATCH)),
+    f("tcp[].match[].sourceNamespace", Refused(L4_MATCH)),
+    f("tcp[].route", Enforced),
+    f("tcp[].route[].destination", Object("Destination")),
+    f("tcp[].route[].weight", Enforced),
     f("http", Enforced),
     f("http[].name", Name),
     f("http[].match", Enforced),
@@ -267,14 +276,19 @@ const TRAFFIC_POLICY: &[Field] = &[
 
 const SERVICE_ENTRY: &[Field] = &[
     f("hosts", Enforced),
-    f("addresses", Refused(CAPTURE)),
+    f("addresses", Enforced),
     f("ports", Enforced),
     f("ports[].number", Enforced),
     f("ports[].name", Enforced),
     f("ports[].targetPort", Enforced),
     f(
         "ports[].protocol",
-        Values(&["HTTP", "HTTP2", "GRPC", "GRPC-WEB"], OPAQUE_TCP),
+        Values(
+            &[
+                "HTTP", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "MONGO", "MYSQL", "REDIS",
+            ],
+            OPAQUE_TCP,
+        ),
     ),
     f("location", Enforced),
     f(

@@ -10,6 +10,8 @@ pub enum ModelError {
     Match { route: String, source: MatchError },
     #[error("route {route}: unknown cluster {cluster:?}")]
     UnknownCluster { route: String, cluster: String },
+    #[error("tcp service {service}: {address:?} is not an IP address")]
+    BadAddress { service: String, address: String },
     #[error("cluster {cluster}: endpoint {address}:{port} is not a valid authority")]
     BadEndpoint {
         cluster: String,

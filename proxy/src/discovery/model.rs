@@ -2,6 +2,7 @@
 //! into lookup tables with compiled matchers and shared cluster state.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -27,6 +28,33 @@ pub struct RouteTable {
     pub clusters: Vec<Arc<Cluster>>,
     /// What the inbound side enforces for this workload.
     pub inbound: InboundPolicy,
+    /// Captured opaque TCP by the address and port the application dialled.
+    tcp: HashMap<SocketAddr, Arc<TcpService>>,
+}
+
+/// Where opaque TCP to one service address and port goes.
+#[derive(Debug)]
+pub struct TcpService {
+    pub service: String,
+    pub destinations: Vec<(Arc<Cluster>, u32)>,
+    total_weight: u32,
+}
+
+impl TcpService {
+    /// A cluster by weight.
+    pub fn pick(&self) -> Option<&Arc<Cluster>> {
+        if self.total_weight == 0 {
+            return self.destinations.first().map(|(c, _)| c);
+        }
+        let mut roll = fastrand::u32(0..self.total_weight);
+        for (cluster, weight) in &self.destinations {
+            if roll < *weight {
+                return Some(cluster);
+            }
+            roll -= weight;
+        }
+        self.destinations.last().map(|(c, _)| c)
+    }
 }
 
 #[derive(Debug)]
@@ -170,6 +198,36 @@ impl RouteTable {
                 routes,
             }));
         }
+        let mut tcp = HashMap::new();
+        for t in &config.tcp_services {
+            let mut destinations = Vec::new();
+            for d in &t.destinations {
+                match clusters.get(d.cluster.as_str()) {
+                    Some(c) => destinations.push((c.clone(), d.weight)),
+                    None => errors.push(ModelError::UnknownCluster {
+                        route: format!("tcp {}:{}", t.service, t.port),
+                        cluster: d.cluster.clone(),
+                    }),
+                }
+            }
+            let total_weight = destinations.iter().map(|(_, w)| *w).sum();
+            let service = Arc::new(TcpService {
+                service: t.service.clone(),
+                destinations,
+                total_weight,
+            });
+            for address in &t.addresses {
+                let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+                    errors.push(ModelError::BadAddress {
+                        service: t.service.clone(),
+                        address: address.clone(),
+                    });
+                    continue;
+                };
+                let port = u16::try_from(t.port).unwrap_or(0);
+                tcp.insert(SocketAddr::new(ip, port), service.clone());
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -199,7 +257,13 @@ impl RouteTable {
             virtual_hosts,
             clusters,
             inbound: InboundPolicy::build(config, node),
+            tcp,
         })
+    }
+
+    /// The service captured opaque TCP to `addr` is for.
+    pub fn tcp_service(&self, addr: SocketAddr) -> Option<&Arc<TcpService>> {
+        self.tcp.get(&addr)
     }
 
     /// The cluster called `name`.

@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 /// ALPN between sidecars: HTTP/2 (requests multiplexed), HTTP/1.1 accepted.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// Opaque TCP between sidecars: the inbound side relays the bytes to the
+/// application instead of serving HTTP.
+pub const ALPN_TCP: &[u8] = b"trellis-tcp";
 
 /// A certificate with its key and the TLS configurations using them.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub struct Credentials {
     pub server: Arc<rustls::ServerConfig>,
     /// Outbound: presents the certificate, verifies the server's.
     pub client: Arc<rustls::ClientConfig>,
+    /// As `client`, for opaque TCP (ALPN `trellis-tcp`).
+    pub client_tcp: Arc<rustls::ClientConfig>,
 }
 
 impl Credentials {
@@ -66,7 +71,7 @@ impl Credentials {
             .with_client_cert_verifier(verifier.clone())
             .with_single_cert(chain.clone(), key())
             .map_err(|e| format!("server config: {e}"))?;
-        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| e.to_string())?
@@ -74,8 +79,11 @@ impl Credentials {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(chain, key())
             .map_err(|e| format!("client config: {e}"))?;
+        let mut client_tcp = client.clone();
         client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        client_tcp.alpn_protocols = vec![ALPN_TCP.to_vec()];
         Ok(Self {
+            client_tcp: Arc::new(client_tcp),
             id,
             trust_domain: trust_domain.to_string(),
             not_before,

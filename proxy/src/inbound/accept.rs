@@ -15,7 +15,7 @@ use super::policy::MtlsMode;
 use crate::discovery::ConfigStore;
 use crate::identity::spiffe::identity_of;
 use crate::identity::verify::io_failure_reason;
-use crate::identity::{Identity, SpiffeId};
+use crate::identity::{Identity, SpiffeId, ALPN_TCP};
 use crate::metrics::Metrics;
 use crate::transport::detect::{detect, Protocol};
 use crate::transport::io::MaybeTls;
@@ -82,16 +82,21 @@ impl InboundHandshake {
             };
             return Some((TokioIo::new(MaybeTls::Plain(stream)), security));
         }
+        self.relay(MaybeTls::Plain(stream), peer, port).await;
+        None
+    }
+
+    /// Opaque bytes between a client and the application's `port`.
+    async fn relay(&self, client: MaybeTls, peer: SocketAddr, port: u16) {
         let app = SocketAddr::from(([127, 0, 0, 1], port));
         match opaque::connect(app, self.connect_timeout).await {
             Ok(upstream) => {
                 let labels = self.metrics.tcp_open("inbound", &self.service);
-                let (received, sent) = opaque::relay(stream, upstream).await;
+                let (received, sent) = opaque::relay(client, upstream).await;
                 self.metrics.tcp_close(&labels, sent, received);
             }
             Err(e) => tracing::debug!(%peer, error = %e, "inbound opaque connection failed"),
         }
-        None
     }
 
     async fn tls(
@@ -131,6 +136,21 @@ impl InboundHandshake {
             .map(Arc::new);
         if principal.is_none() {
             self.fail(peer, "no-client-certificate", &"no peer identity");
+            return None;
+        }
+        if tls.get_ref().1.alpn_protocol() == Some(ALPN_TCP) {
+            // Opaque TCP from another sidecar: the bytes go to the port
+            // the client dialled.
+            let Some(port) = app_port else {
+                self.fail(
+                    peer,
+                    "no-original-destination",
+                    &"opaque TCP on a listener without capture",
+                );
+                return None;
+            };
+            self.relay(MaybeTls::Tls(Box::new(tls.into())), peer, port)
+                .await;
             return None;
         }
         let io = TokioIo::new(MaybeTls::Tls(Box::new(tls.into())));

@@ -2,9 +2,11 @@
 //! (it has an original destination) is classified by its first bytes:
 //! HTTP is served and routed by `Host` as any other (a request for a host
 //! the mesh does not know goes to the original destination: ALLOW_ANY, or
-//! is refused: REGISTRY_ONLY); anything else is opaque TCP, passed through
-//! to the original destination or refused the same way. A connection made
-//! to the listener itself is HTTP, as before capture.
+//! is refused: REGISTRY_ONLY); anything else is opaque TCP: to the
+//! service whose address and port were dialled (a cluster by the `tcp`
+//! route's weights, an endpoint of it, over mTLS when it has a sidecar),
+//! else passed through to the original destination or refused the same
+//! way. A connection made to the listener itself is HTTP, as before capture.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::discovery::ConfigStore;
 use crate::metrics::Metrics;
 use crate::transport::detect::{detect, Protocol};
 use crate::transport::listen::{Handshake, PeerAddr};
@@ -43,6 +46,7 @@ pub struct Accepted {
 /// Detects and splits captured connections.
 #[derive(Clone, Debug)]
 pub struct CaptureHandshake {
+    pub store: Arc<ConfigStore>,
     pub detection_timeout: Duration,
     pub connect_timeout: Duration,
     pub registry_only: bool,
@@ -50,6 +54,42 @@ pub struct CaptureHandshake {
 }
 
 impl CaptureHandshake {
+    /// Opaque TCP to `target`: a service of the mesh, else outside it.
+    async fn opaque(&self, client: TcpStream, peer: SocketAddr, target: SocketAddr) {
+        let table = self.store.load();
+        let Some(service) = table.tcp_service(target).cloned() else {
+            drop(table);
+            return self.passthrough(client, peer, target).await;
+        };
+        drop(table);
+        let Some(cluster) = service.pick() else {
+            return;
+        };
+        // Any endpoint not ejected by outlier detection, at random.
+        let now = tokio::time::Instant::now();
+        let healthy: Vec<_> = cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.health.available(now))
+            .collect();
+        let Some(endpoint) =
+            (!healthy.is_empty()).then(|| healthy[fastrand::usize(..healthy.len())])
+        else {
+            tracing::debug!(%peer, service = %service.service, "no endpoint for opaque connection");
+            return;
+        };
+        let upstream = match endpoint.pool.open_opaque().await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::debug!(%peer, service = %service.service, error = %e, "opaque connection failed");
+                return;
+            }
+        };
+        let labels = self.metrics.tcp_open("outbound", &service.service);
+        let (sent, received) = opaque::relay(client, upstream).await;
+        self.metrics.tcp_close(&labels, sent, received);
+    }
+
     /// Opaque TCP to `target`, a destination outside the mesh.
     async fn passthrough(&self, client: TcpStream, peer: SocketAddr, target: SocketAddr) {
         if self.registry_only {
@@ -89,7 +129,7 @@ impl Handshake for CaptureHandshake {
         };
         match detect(&stream, self.detection_timeout).await {
             Protocol::Opaque => {
-                self.passthrough(stream, peer, addr).await;
+                self.opaque(stream, peer, addr).await;
                 None
             }
             Protocol::Http => {

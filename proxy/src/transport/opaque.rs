@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Why a relay did not start.
@@ -38,7 +39,11 @@ pub async fn connect(
 }
 
 /// Copies until both directions end; `(client -> upstream, upstream -> client)` bytes.
-pub async fn relay(mut client: TcpStream, mut upstream: TcpStream) -> (u64, u64) {
+pub async fn relay<A, B>(mut client: A, mut upstream: B) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok(counts) => counts,
         Err(e) => {

@@ -189,6 +189,16 @@ impl EndpointPool {
     }
 
     async fn dial(&self) -> Result<TokioIo<MaybeTls>, SendError> {
+        self.connect(false).await.map(TokioIo::new)
+    }
+
+    /// A connection for opaque TCP: plain, or mTLS to the endpoint's
+    /// sidecar with ALPN `trellis-tcp` (its inbound side relays the bytes).
+    pub async fn open_opaque(&self) -> Result<MaybeTls, SendError> {
+        self.connect(true).await
+    }
+
+    async fn connect(&self, opaque: bool) -> Result<MaybeTls, SendError> {
         let timeout = self.config.connect_timeout;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(self.address.as_str()))
             .await
@@ -196,9 +206,9 @@ impl EndpointPool {
             .map_err(|e| self.connect_error(ConnectError::Io(e)))?;
         let _ = stream.set_nodelay(true);
         match &self.config.mtls {
-            None => Ok(TokioIo::new(MaybeTls::Plain(stream))),
+            None => Ok(MaybeTls::Plain(stream)),
             Some(allowed) => self
-                .handshake(stream, allowed)
+                .handshake(stream, allowed, opaque)
                 .await
                 .map_err(|e| self.connect_error(ConnectError::Tls(e))),
         }
@@ -210,7 +220,8 @@ impl EndpointPool {
         &self,
         stream: TcpStream,
         allowed: &[String],
-    ) -> Result<TokioIo<MaybeTls>, TlsError> {
+        opaque: bool,
+    ) -> Result<MaybeTls, TlsError> {
         let identity = self.identity.as_ref();
         let Some(credentials) = identity.and_then(|i| i.current()) else {
             return Err(TlsError::NoCertificate);
@@ -218,7 +229,12 @@ impl EndpointPool {
         let metrics = identity.map(|i| i.metrics());
         let name =
             rustls::pki_types::ServerName::try_from("sidecar.trellis").expect("a valid DNS name");
-        let connector = tokio_rustls::TlsConnector::from(credentials.client.clone());
+        let config = if opaque {
+            &credentials.client_tcp
+        } else {
+            &credentials.client
+        };
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         let tls = match tokio::time::timeout(
             self.config.connect_timeout,
             connector.connect(name, stream),
@@ -257,7 +273,7 @@ impl EndpointPool {
                 allowed: allowed.join(", "),
             });
         }
-        Ok(TokioIo::new(MaybeTls::Tls(Box::new(tls.into()))))
+        Ok(MaybeTls::Tls(Box::new(tls.into())))
     }
 
     async fn dial_http1(&self) -> Result<Http1Conn, SendError> {

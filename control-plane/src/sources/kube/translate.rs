@@ -1,7 +1,8 @@
 //! From Kubernetes objects to the documents the log stores: a rule custom
 //! resource is loaded and checked like a file (the same errors `trellisctl
 //! validate` prints); a Service with its EndpointSlices and Pods becomes a
-//! ServiceEntry-shaped document of its host, HTTP ports and ready endpoints.
+//! ServiceEntry-shaped document of its host, ClusterIP, TCP ports (HTTP or
+//! opaque) and ready endpoints.
 
 use std::collections::BTreeMap;
 
@@ -94,8 +95,8 @@ struct SlicePort {
 /// The label the EndpointSlice controller puts on a Service's slices.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Every Service with at least one HTTP port as a stored document: host
-/// `name.ns.svc.cluster.local`, its HTTP ports, and one endpoint per
+/// Every Service with at least one TCP port as a stored document: host
+/// `name.ns.svc.cluster.local`, its ClusterIP, its ports, and one endpoint per
 /// ready address of its EndpointSlices, labelled with its Pod's labels and
 /// identified by its Pod's service account. Sorted, so the same cluster
 /// state gives the same documents.
@@ -124,7 +125,7 @@ pub fn service_documents(
     for service in services {
         let namespace = service.namespace().unwrap_or_default();
         let name = service.name_any();
-        let ports = http_ports(service);
+        let ports = tcp_ports(service);
         if ports.is_empty() {
             continue;
         }
@@ -166,8 +167,21 @@ pub fn service_documents(
         }
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints.dedup_by(|a, b| a.address == b.address);
+        let addresses = service
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.cluster_ips
+                    .clone()
+                    .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            .collect();
         let spec = ServiceEntrySpec {
             hosts: vec![format!("{name}.{namespace}.{CLUSTER_SUFFIX}")],
+            addresses,
             ports,
             resolution: Some(Resolution::STATIC),
             endpoints,
@@ -189,10 +203,9 @@ pub fn service_documents(
     out
 }
 
-/// The Service's ports that carry HTTP, with the protocol Trellis gives
-/// them. Other ports (TCP, TLS, UDP, ...) are left out: opaque TCP is not
-/// proxied yet.
-fn http_ports(service: &Service) -> Vec<ServicePort> {
+/// The Service's TCP ports, with the protocol Trellis gives them (UDP and
+/// SCTP ports are left out).
+fn tcp_ports(service: &Service) -> Vec<ServicePort> {
     let Some(spec) = &service.spec else {
         return Vec::new();
     };
@@ -221,7 +234,7 @@ fn http_ports(service: &Service) -> Vec<ServicePort> {
 
 /// The protocol of a Service port, as Istio reads it: `appProtocol`, else
 /// the port name's prefix (`http-web`, `grpc`). A port that declares
-/// neither is taken as HTTP; one that declares something else is `None`.
+/// neither is taken as HTTP; one that declares anything else is opaque TCP.
 fn protocol(app_protocol: Option<&str>, name: &str) -> Option<&'static str> {
     let declared = match app_protocol {
         Some(p) => p.to_ascii_lowercase(),
@@ -232,10 +245,10 @@ fn protocol(app_protocol: Option<&str>, name: &str) -> Option<&'static str> {
         "http2" | "h2c" | "kubernetes.io/h2c" => Some("HTTP2"),
         "grpc" => Some("GRPC"),
         "grpc-web" => Some("GRPC-WEB"),
-        _ if app_protocol.is_some() => None,
+        _ if app_protocol.is_some() => Some("TCP"),
         "" => Some("HTTP"),
-        "tcp" | "tls" | "https" | "udp" | "mongo" | "mysql" | "redis" | "kafka" | "zookeeper" => {
-            None
+        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kafka" | "zookeeper" => {
+            Some("TCP")
         }
         _ => Some("HTTP"),
     }
@@ -251,10 +264,10 @@ mod tests {
         assert_eq!(protocol(None, "http-web"), Some("HTTP"));
         assert_eq!(protocol(None, "grpc"), Some("GRPC"));
         assert_eq!(protocol(None, ""), Some("HTTP"));
-        assert_eq!(protocol(None, "tcp-db"), None);
-        assert_eq!(protocol(None, "https"), None);
+        assert_eq!(protocol(None, "tcp-db"), Some("TCP"));
+        assert_eq!(protocol(None, "https"), Some("TCP"));
         assert_eq!(protocol(Some("kubernetes.io/h2c"), "tcp"), Some("HTTP2"));
-        assert_eq!(protocol(Some("mysql"), "http"), None);
+        assert_eq!(protocol(Some("mysql"), "http"), Some("TCP"));
     }
 
     fn object(value: Value) -> std::sync::Arc<DynamicObject> {
@@ -265,7 +278,7 @@ mod tests {
     fn a_service_takes_its_ready_endpoints_and_their_pods() {
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": "reviews", "namespace": "shop"},
-            "spec": {"ports": [
+            "spec": {"clusterIP": "10.96.0.7", "ports": [
                 {"name": "http", "port": 9080, "targetPort": 9080},
                 {"name": "tcp-admin", "port": 9999}
             ]}
@@ -299,7 +312,9 @@ mod tests {
         assert_eq!(key.to_string(), "Service/shop/reviews");
         let spec = &doc["spec"];
         assert_eq!(spec["hosts"], json!(["reviews.shop.svc.cluster.local"]));
-        assert_eq!(spec["ports"].as_array().map(Vec::len), Some(1), "{spec}");
+        assert_eq!(spec["ports"].as_array().map(Vec::len), Some(2), "{spec}");
+        assert_eq!(spec["ports"][1]["protocol"], "TCP", "{spec}");
+        assert_eq!(spec["addresses"], json!(["10.96.0.7"]));
         let endpoints = spec["endpoints"].as_array().expect("endpoints");
         let addresses: Vec<&str> = endpoints
             .iter()
