@@ -141,14 +141,15 @@ spec:
   ports: [{{number: 9080, name: http, protocol: HTTP}}]
   resolution: STATIC
   endpoints:
-  - {{address: {v1}, labels: {{version: v1}}}}
-  - {{address: {v2}, labels: {{version: v2}}}}
+  - {{address: {v1}, labels: {{version: v1, security.istio.io/tlsMode: istio}}}}
+  - {{address: {v2}, labels: {{version: v2, security.istio.io/tlsMode: istio}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: reviews}}
 spec:
   host: reviews
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
@@ -316,6 +317,23 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
         ) >= v1 as f64,
         "B's inbound sidecar saw the requests"
     );
+    // Between the sidecars it is HTTP/2 (plaintext here): 100 requests on
+    // 20 parallel connections from the app share one connection to B.
+    a.exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "--parallel",
+            "--parallel-max",
+            "20",
+            "http://reviews:9080/?[1-100]",
+        ],
+    )?;
+    let from_a = b.exec("ss", &["-Htn", "state", "established", "sport", "=", ":15006"])?;
+    let connections = from_a.lines().filter(|l| l.contains(&a.ip)).count();
+    assert_eq!(connections, 1, "sidecar-to-sidecar connections:\n{from_a}");
 
     // Opaque TCP through both sidecars: client-first (redis) ...
     assert!(ready, "redis PING never answered");
@@ -554,6 +572,25 @@ spec:
         inbound >= 3.0,
         "the database's sidecar relayed them: {inbound}"
     );
+    // AuthorizationPolicy applies to TCP: the client's principal denied.
+    cp.write_rules(
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-client, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+",
+    )?;
+    let denied = wait_until(Duration::from_secs(10), || {
+        a.try_exec("redis-cli", &["-h", "db", "PING"])
+            .is_ok_and(|(_, out, _)| !out.contains("PONG"))
+    });
+    assert!(denied, "the DENY policy did not stop the connection");
+    let counted = sum_samples(&metrics(&c), "trellis_tcp_connections_denied_total", &[]);
+    assert!(counted >= 1.0, "denials counted: {counted}");
     // A client without a sidecar (plaintext) is refused by STRICT.
     let (ok, out, _) = d.try_exec("redis-cli", &["-h", &c_ip, "PING"])?;
     assert!(

@@ -115,6 +115,7 @@ pub struct Metrics {
     pub tcp_sent: Family<TcpLabels, Counter>,
     pub tcp_received: Family<TcpLabels, Counter>,
     pub passthrough: Family<PassthroughLabels, Counter>,
+    pub tcp_rbac_denied: Family<TcpLabels, Counter>,
     registry: Registry,
 }
 
@@ -238,7 +239,14 @@ impl Metrics {
             "Captured connections (tcp) and requests (http) to destinations outside the mesh",
             passthrough.clone(),
         );
+        let tcp_rbac_denied = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_denied",
+            "Opaque inbound connections refused by AuthorizationPolicies",
+            tcp_rbac_denied.clone(),
+        );
         Self {
+            tcp_rbac_denied,
             tcp_opened,
             tcp_closed,
             tcp_sent,
@@ -293,6 +301,16 @@ impl Metrics {
         self.tcp_closed.get_or_create(labels).inc();
         self.tcp_sent.get_or_create(labels).inc_by(sent);
         self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
+    /// An opaque inbound connection the AuthorizationPolicies refused.
+    pub fn tcp_denied(&self, service: &str) {
+        self.tcp_rbac_denied
+            .get_or_create(&TcpLabels {
+                direction: "inbound",
+                destination_service: service.to_string(),
+            })
+            .inc();
     }
 
     pub fn passthrough(&self, protocol: &'static str, result: &'static str) {

@@ -58,6 +58,9 @@ pub struct Endpoint {
     pub pool: Arc<EndpointPool>,
 }
 
+/// The label marking an endpoint that runs a sidecar (Istio's).
+const SIDECAR_LABEL: &str = "security.istio.io/tlsMode";
+
 /// What clusters are built with besides the rules: settings from the
 /// proxy's flags, and the metrics their layers count into.
 #[derive(Clone, Debug)]
@@ -134,8 +137,12 @@ impl Cluster {
                     .and_then(|p| p.endpoints.iter().find(|old| old.authority == authority));
                 let load = old.map(|old| old.load.clone()).unwrap_or_default();
                 let health = old.map(|old| old.health.clone()).unwrap_or_default();
+                // Between two sidecars HTTP is HTTP/2, plaintext or not: the
+                // application's HTTP/1.1 connections share one connection.
+                let sidecar = e.labels.get(SIDECAR_LABEL).is_some_and(|v| v == "istio");
                 let pool_config = PoolConfig {
                     mtls: e.mtls.then(|| Arc::from(e.identities.as_slice())),
+                    http2: pool_config.http2 || sidecar,
                     ..pool_config.clone()
                 };
                 let pool = old

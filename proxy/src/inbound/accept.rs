@@ -82,12 +82,24 @@ impl InboundHandshake {
             };
             return Some((TokioIo::new(MaybeTls::Plain(stream)), security));
         }
-        self.relay(MaybeTls::Plain(stream), peer, port).await;
+        self.relay(MaybeTls::Plain(stream), peer, port, None).await;
         None
     }
 
-    /// Opaque bytes between a client and the application's `port`.
-    async fn relay(&self, client: MaybeTls, peer: SocketAddr, port: u16) {
+    /// Opaque bytes between a client (`principal`, when mTLS) and the
+    /// application's `port`, if the workload's AuthorizationPolicies allow it.
+    async fn relay(
+        &self,
+        client: MaybeTls,
+        peer: SocketAddr,
+        port: u16,
+        principal: Option<&SpiffeId>,
+    ) {
+        if let Err(denied) = self.store.load().inbound.authorize_tcp(principal) {
+            self.metrics.tcp_denied(&self.service);
+            tracing::debug!(%peer, ?denied, "inbound opaque connection denied");
+            return;
+        }
         let app = SocketAddr::from(([127, 0, 0, 1], port));
         match opaque::connect(app, self.connect_timeout).await {
             Ok(upstream) => {
@@ -149,8 +161,13 @@ impl InboundHandshake {
                 );
                 return None;
             };
-            self.relay(MaybeTls::Tls(Box::new(tls.into())), peer, port)
-                .await;
+            self.relay(
+                MaybeTls::Tls(Box::new(tls.into())),
+                peer,
+                port,
+                principal.as_deref(),
+            )
+            .await;
             return None;
         }
         let io = TokioIo::new(MaybeTls::Tls(Box::new(tls.into())));

@@ -145,6 +145,33 @@ impl InboundPolicy {
         }
     }
 
+    /// An opaque TCP connection from `principal`: only the source fields
+    /// apply. A rule that needs HTTP fields (methods, paths) never allows a
+    /// TCP connection and, in a DENY policy, denies it (as Istio does).
+    pub fn authorize_tcp(&self, principal: Option<&SpiffeId>) -> Result<(), Denied> {
+        let facts = RequestFacts {
+            principal,
+            method: "",
+            path: "",
+        };
+        let matches = |policy: &api::AuthorizationPolicy, deny: bool| {
+            policy.rules.iter().any(|rule| {
+                let from =
+                    rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, &facts));
+                let to = rule.to.is_empty() || rule.to.iter().any(|o| !http_only(o) || deny);
+                from && to
+            })
+        };
+        if let Some(p) = self.deny.iter().find(|p| matches(p, true)) {
+            return Err(Denied::ByDeny(p.name.clone()));
+        }
+        if self.allow.is_empty() || self.allow.iter().any(|p| matches(p, false)) {
+            Ok(())
+        } else {
+            Err(Denied::NotAllowed)
+        }
+    }
+
     /// Names of the ALLOW and DENY policies in force.
     pub fn policy_names(&self) -> (Vec<&str>, Vec<&str>) {
         (names(&self.allow), names(&self.deny))
@@ -172,6 +199,14 @@ fn source_matches(s: &api::AuthorizationSource, facts: &RequestFacts<'_>) -> boo
         && field(&s.not_principals, principal, true)
         && field(&s.namespaces, namespace, false)
         && field(&s.not_namespaces, namespace, true)
+}
+
+/// An operation that says something only HTTP requests have.
+fn http_only(o: &api::AuthorizationOperation) -> bool {
+    !(o.methods.is_empty()
+        && o.not_methods.is_empty()
+        && o.paths.is_empty()
+        && o.not_paths.is_empty())
 }
 
 fn operation_matches(o: &api::AuthorizationOperation, facts: &RequestFacts<'_>) -> bool {

@@ -86,10 +86,9 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        if self.config.mtls.is_some() {
+        if self.config.mtls.is_some() || self.config.http2 {
+            // An HTTP/1.1 request from the application becomes HTTP/2 form.
             self.send_http2(absolute_form(req)?).await
-        } else if self.config.http2 {
-            self.send_http2(req).await
         } else {
             self.send_http1(req).await
         }

@@ -182,3 +182,54 @@ fn not_fields_match_plaintext_peers() {
     assert!(pattern_matches("*.json", "/a.json"));
     assert!(!pattern_matches("/api/*", "/apix"));
 }
+
+#[test]
+fn tcp_connections_are_judged_by_source_and_http_rules_deny() {
+    let web_id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").expect("id");
+    let evil_id = SpiffeId::parse("spiffe://cluster.local/ns/evil/sa/x").expect("id");
+    let allow_web = ap(
+        "allow-web",
+        api::AuthorizationAction::AuthorizationAllow,
+        vec![api::AuthorizationRule {
+            from: vec![from_principals(&["cluster.local/ns/shop/sa/*"])],
+            to: vec![],
+        }],
+    );
+    let policy = |policies: Vec<api::AuthorizationPolicy>| {
+        let config = api::ProxyConfig {
+            authorization_policies: policies,
+            ..Default::default()
+        };
+        InboundPolicy::build(&config, &node("shop", &[]))
+    };
+    let p = policy(vec![allow_web.clone()]);
+    assert_eq!(p.authorize_tcp(Some(&web_id)), Ok(()));
+    assert_eq!(p.authorize_tcp(Some(&evil_id)), Err(Denied::NotAllowed));
+    assert_eq!(p.authorize_tcp(None), Err(Denied::NotAllowed));
+    // A DENY on paths denies every TCP connection; an ALLOW on paths allows none.
+    let deny_paths = ap(
+        "deny-admin",
+        api::AuthorizationAction::AuthorizationDeny,
+        vec![api::AuthorizationRule {
+            from: vec![],
+            to: vec![to_paths(&["/admin"])],
+        }],
+    );
+    let p = policy(vec![deny_paths, allow_web]);
+    assert_eq!(
+        p.authorize_tcp(Some(&web_id)),
+        Err(Denied::ByDeny("deny-admin".into()))
+    );
+    let allow_paths = ap(
+        "allow-items",
+        api::AuthorizationAction::AuthorizationAllow,
+        vec![api::AuthorizationRule {
+            from: vec![],
+            to: vec![to_paths(&["/items"])],
+        }],
+    );
+    assert_eq!(
+        policy(vec![allow_paths]).authorize_tcp(Some(&web_id)),
+        Err(Denied::NotAllowed)
+    );
+}
