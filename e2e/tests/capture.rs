@@ -331,7 +331,10 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
             "http://reviews:9080/?[1-100]",
         ],
     )?;
-    let from_a = b.exec("ss", &["-Htn", "state", "established", "sport", "=", ":15006"])?;
+    let from_a = b.exec(
+        "ss",
+        &["-Htn", "state", "established", "sport", "=", ":15006"],
+    )?;
     let connections = from_a.lines().filter(|l| l.contains(&a.ip)).count();
     assert_eq!(connections, 1, "sidecar-to-sidecar connections:\n{from_a}");
 
