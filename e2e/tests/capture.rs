@@ -169,7 +169,8 @@ spec:
 
 /// `iptables-save -t nat` of a pod without its comment lines.
 fn nat_rules(pod: &Pod) -> Result<String> {
-    let text = pod.exec("iptables-save", &["-t", "nat"])?;
+    let mut text = pod.exec("iptables-save", &["-t", "nat"])?;
+    text.push_str(&pod.exec("ip6tables-save", &["-t", "nat"])?);
     Ok(text
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -289,6 +290,17 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
     }
 
     let before = nat_rules(&a)?;
+    let dry = a.exec(
+        &bin("trellis-proxy")?.display().to_string(),
+        &["init-iptables", "--dry-run"],
+    )?;
+    assert!(
+        dry.contains("# iptables-restore")
+            && dry.contains("# ip6tables-restore")
+            && dry.contains("::1/128"),
+        "IPv4 and IPv6 rules: {dry}"
+    );
+    assert_eq!(nat_rules(&a)?, before, "--dry-run changes nothing");
     let mut sidecar_a = sidecar(&net, &a, "client", &config, &[])?;
     let _sidecar_b = sidecar(&net, &b, "reviews-v1", &config, &[])?;
     let _sidecar_c = sidecar(&net, &c, "reviews-v2", &config, &[])?;
@@ -482,7 +494,9 @@ metadata: {{name: db}}
 spec:
   hosts: [db.example]
   addresses: [10.96.0.20]
-  ports: [{{number: 6379, name: redis, protocol: REDIS}}]
+  ports:
+  - {{number: 6379, name: redis, protocol: REDIS}}
+  - {{number: 7000, name: tcp-greet, protocol: TCP}}
   resolution: STATIC
   endpoints:
   - {{address: {c_ip}, serviceAccount: db, labels: {{security.istio.io/tlsMode: istio}}}}
@@ -515,6 +529,17 @@ spec:
         &redis,
         &redis_args,
         net.dir.path().join("redis.log"),
+    )?;
+    let peers = net.dir.path().join("peers.py");
+    std::fs::write(&peers, PEERS)?;
+    let peers = peers.display().to_string();
+    let greet_args = [peers.clone(), "serve".into(), "greet".into(), "7000".into()];
+    let _greet = c.spawn_as(
+        "greet",
+        None,
+        "python3",
+        &greet_args,
+        net.dir.path().join("greet.log"),
     )?;
     let url = format!("http://{gateway}:{}", cp.replicas[0].xds.port());
     let connected = |sa: &'static str| {
@@ -557,6 +582,12 @@ spec:
             .is_ok_and(|(_, out, _)| out.trim() == "PONG")
     });
     assert!(pong, "redis through two sidecars under STRICT");
+    let greeting = a.exec("python3", &[&peers, "client", "greet", "db", "7000"])?;
+    assert_eq!(
+        greeting.trim(),
+        "HELLO from the database | ECHO ping",
+        "server-first under STRICT"
+    );
     assert_eq!(
         a.exec("redis-cli", &["-h", "db", "SET", "k", "over-mtls"])?
             .trim(),

@@ -246,6 +246,7 @@ impl Compiler<'_> {
                     addresses: service.addresses.clone(),
                     port: port.number,
                     destinations,
+                    opaque: policy::protocol(&port.protocol) == api::Protocol::Tcp,
                 });
             }
         }

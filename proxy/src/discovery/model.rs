@@ -36,6 +36,8 @@ pub struct RouteTable {
 #[derive(Debug)]
 pub struct TcpService {
     pub service: String,
+    /// Declared opaque: carried as bytes at once, without detection.
+    pub opaque: bool,
     pub destinations: Vec<(Arc<Cluster>, u32)>,
     total_weight: u32,
 }
@@ -213,6 +215,7 @@ impl RouteTable {
             let total_weight = destinations.iter().map(|(_, w)| *w).sum();
             let service = Arc::new(TcpService {
                 service: t.service.clone(),
+                opaque: t.opaque,
                 destinations,
                 total_weight,
             });

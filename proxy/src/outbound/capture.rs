@@ -127,7 +127,17 @@ impl Handshake for CaptureHandshake {
             };
             return Some((TokioIo::new(stream), accepted));
         };
-        match detect(&stream, self.detection_timeout).await {
+        let declared_opaque = self
+            .store
+            .load()
+            .tcp_service(addr)
+            .is_some_and(|s| s.opaque);
+        let protocol = if declared_opaque {
+            Protocol::Opaque
+        } else {
+            detect(&stream, self.detection_timeout).await
+        };
+        match protocol {
             Protocol::Opaque => {
                 self.opaque(stream, peer, addr).await;
                 None
