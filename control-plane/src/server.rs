@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub identity: IdentityConfig,
     /// `--kubernetes`: the apiserver the leader mirrors into Raft.
     pub kubernetes: Option<Kubernetes>,
+    /// Mesh-wide settings pushed to every proxy.
+    pub mesh: render::MeshSettings,
 }
 
 /// The Kubernetes source's settings.
@@ -173,7 +175,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
 
     let (rendered_tx, rendered) = watch::channel(Arc::new(Rendered::default()));
-    tasks.spawn(render::run(sm, rendered_tx, rx.clone()));
+    tasks.spawn(render::run(sm, config.mesh, rendered_tx, rx.clone()));
     tasks.spawn(log_leadership(raft.clone(), rx.clone()));
 
     let dispatch = Dispatch {

@@ -483,7 +483,12 @@ fn opaque_tcp_between_sidecars_is_mutual_tls_under_strict() -> Result<()> {
     let cp = trellis_e2e::mesh::ControlPlane::start_reachable(
         1,
         gateway,
-        &["--bootstrap-tokens", tokens.to_str().unwrap_or_default()],
+        &[
+            "--bootstrap-tokens",
+            tokens.to_str().unwrap_or_default(),
+            "--outbound-traffic-policy",
+            "REGISTRY_ONLY",
+        ],
     )?;
     cp.write_rules(
         "db.yaml",
@@ -600,12 +605,51 @@ spec:
     let inbound = sum_samples(
         &metrics(&c),
         "trellis_tcp_connections_opened_total",
-        &["direction=\"inbound\""],
+        &[
+            "direction=\"inbound\"",
+            "connection_security_policy=\"mutual_tls\"",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
+        ],
+    );
+    let outbound = sum_samples(
+        &metrics(&a),
+        "trellis_tcp_connections_opened_total",
+        &[
+            "direction=\"outbound\"",
+            "source_workload=\"client\"",
+            "destination_service=\"db.example\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ],
+    );
+    assert!(
+        outbound >= 3.0,
+        "the client's side counted them as mTLS: {outbound}"
     );
     assert!(
         inbound >= 3.0,
         "the database's sidecar relayed them: {inbound}"
     );
+    // The mesh's REGISTRY_ONLY setting reached the client's sidecar: an
+    // address no service has is refused, counted.
+    let d_ip = net.address(5);
+    let code = a.exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{d_ip}:8080/"),
+        ],
+    )?;
+    assert_eq!(code, "404", "REGISTRY_ONLY from the control plane");
+    let refused = sum_samples(
+        &metrics(&a),
+        "trellis_outbound_passthrough_total",
+        &["result=\"refused\""],
+    );
+    assert!(refused >= 1.0, "refusal counted: {refused}");
     // AuthorizationPolicy applies to TCP: the client's principal denied.
     cp.write_rules(
         "deny.yaml",

@@ -120,6 +120,7 @@ impl App {
         let outbound = service_with(outbound, |o, req| async move { o.handle(req).await });
         let capture = CaptureHandshake {
             store: store.clone(),
+            source_workload: self.config.node.service.clone(),
             detection_timeout: self.config.outbound.detection_timeout,
             connect_timeout: self.config.outbound.connect_timeout,
             registry_only: self.config.outbound.registry_only,

@@ -68,8 +68,15 @@ pub struct HandshakeLabels {
 pub struct TcpLabels {
     /// `outbound` or `inbound`.
     pub direction: &'static str,
+    /// This workload (outbound); empty inbound, as for HTTP.
+    pub source_workload: String,
     /// The service, or `PassthroughCluster` for a destination outside the mesh.
     pub destination_service: String,
+    pub destination_subset: String,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
+    /// The client's SPIFFE id (inbound over mTLS).
+    pub source_principal: String,
 }
 
 /// Captured traffic to destinations the mesh does not know.
@@ -286,12 +293,8 @@ impl Metrics {
             .inc();
     }
 
-    /// An opaque connection to `service` opened.
-    pub fn tcp_open(&self, direction: &'static str, service: &str) -> TcpLabels {
-        let labels = TcpLabels {
-            direction,
-            destination_service: service.to_string(),
-        };
+    /// An opaque connection of `labels` opened.
+    pub fn tcp_open(&self, labels: TcpLabels) -> TcpLabels {
         self.tcp_opened.get_or_create(&labels).inc();
         labels
     }
@@ -304,13 +307,8 @@ impl Metrics {
     }
 
     /// An opaque inbound connection the AuthorizationPolicies refused.
-    pub fn tcp_denied(&self, service: &str) {
-        self.tcp_rbac_denied
-            .get_or_create(&TcpLabels {
-                direction: "inbound",
-                destination_service: service.to_string(),
-            })
-            .inc();
+    pub fn tcp_denied(&self, labels: &TcpLabels) {
+        self.tcp_rbac_denied.get_or_create(labels).inc();
     }
 
     pub fn passthrough(&self, protocol: &'static str, result: &'static str) {

@@ -87,6 +87,11 @@ struct Args {
     /// The audience proxies' service-account tokens must be issued for.
     #[arg(long, env = "TRELLIS_TOKEN_AUDIENCE", default_value = "trellis")]
     token_audience: String,
+    /// Mesh setting, pushed to every proxy: captured traffic to a
+    /// destination the mesh does not know is passed through (ALLOW_ANY) or
+    /// refused (REGISTRY_ONLY).
+    #[arg(long, env = "TRELLIS_OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"])]
+    outbound_traffic_policy: String,
     /// How often the leader refreshes `status.applied` of rule resources.
     #[arg(long, env = "TRELLIS_STATUS_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     status_interval: Duration,
@@ -157,6 +162,9 @@ fn main() -> ExitCode {
             cert_ttl: args.cert_ttl,
         },
         kubernetes: None,
+        mesh: trellis_control_plane::render::MeshSettings {
+            registry_only: args.outbound_traffic_policy == "REGISTRY_ONLY",
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -18,14 +18,22 @@ pub struct Rendered {
     pub config: api::ProxyConfig,
 }
 
+/// Mesh-wide settings that are flags of the replicas, not rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MeshSettings {
+    /// outboundTrafficPolicy REGISTRY_ONLY.
+    pub registry_only: bool,
+}
+
 /// Compiles `state` as config `version`.
-pub fn render(state: &MeshState, version: u64) -> Rendered {
+pub fn render(state: &MeshState, version: u64, mesh: MeshSettings) -> Rendered {
     let (rules, errors) = state_rules(state);
     for e in &errors {
         tracing::error!(version, "stored resource left out of the config: {e}");
     }
     let mut config = compile(&rules, &Endpoints::from_service_entries(&rules));
     config.version = version;
+    config.registry_only = mesh.registry_only;
     config.source = "control-plane".to_string();
     Rendered { version, config }
 }
@@ -33,6 +41,7 @@ pub fn render(state: &MeshState, version: u64) -> Rendered {
 /// Renders every new config version of `sm` into `out` until `shutdown`.
 pub async fn run(
     sm: StateMachineStore,
+    mesh: MeshSettings,
     out: watch::Sender<Arc<Rendered>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -43,7 +52,7 @@ pub async fn run(
         // Version and state are read together, then compiled off the lock.
         let (version, state) = sm.read(|a| (a.version, a.state.clone()));
         if last != Some(version) {
-            let rendered = tokio::task::spawn_blocking(move || render(&state, version))
+            let rendered = tokio::task::spawn_blocking(move || render(&state, version, mesh))
                 .await
                 .unwrap_or_default();
             out.send_replace(Arc::new(rendered));

@@ -72,6 +72,8 @@ pub fn compile(rules: &RuleSet, endpoints: &Endpoints) -> api::ProxyConfig {
         peer_authentications: security::peer_authentications(rules),
         authorization_policies: security::authorization_policies(rules),
         tcp_services,
+        // A mesh setting, set by the control plane.
+        registry_only: false,
     }
 }
 

@@ -30,6 +30,8 @@ pub struct RouteTable {
     pub inbound: InboundPolicy,
     /// Captured opaque TCP by the address and port the application dialled.
     tcp: HashMap<SocketAddr, Arc<TcpService>>,
+    /// The mesh's outboundTrafficPolicy is REGISTRY_ONLY.
+    pub registry_only: bool,
 }
 
 /// Where opaque TCP to one service address and port goes.
@@ -261,6 +263,7 @@ impl RouteTable {
             clusters,
             inbound: InboundPolicy::build(config, node),
             tcp,
+            registry_only: config.registry_only,
         })
     }
 

@@ -16,7 +16,7 @@ use crate::discovery::ConfigStore;
 use crate::identity::spiffe::identity_of;
 use crate::identity::verify::io_failure_reason;
 use crate::identity::{Identity, SpiffeId, ALPN_TCP};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TcpLabels};
 use crate::transport::detect::{detect, Protocol};
 use crate::transport::io::MaybeTls;
 use crate::transport::listen::Handshake;
@@ -95,15 +95,27 @@ impl InboundHandshake {
         port: u16,
         principal: Option<&SpiffeId>,
     ) {
+        let labels = TcpLabels {
+            direction: "inbound",
+            source_workload: String::new(),
+            destination_service: self.service.clone(),
+            destination_subset: String::new(),
+            connection_security_policy: if principal.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+            source_principal: principal.map(ToString::to_string).unwrap_or_default(),
+        };
         if let Err(denied) = self.store.load().inbound.authorize_tcp(principal) {
-            self.metrics.tcp_denied(&self.service);
+            self.metrics.tcp_denied(&labels);
             tracing::debug!(%peer, ?denied, "inbound opaque connection denied");
             return;
         }
         let app = SocketAddr::from(([127, 0, 0, 1], port));
         match opaque::connect(app, self.connect_timeout).await {
             Ok(upstream) => {
-                let labels = self.metrics.tcp_open("inbound", &self.service);
+                let labels = self.metrics.tcp_open(labels);
                 let (received, sent) = opaque::relay(client, upstream).await;
                 self.metrics.tcp_close(&labels, sent, received);
             }

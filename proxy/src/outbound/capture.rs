@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::discovery::ConfigStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TcpLabels};
 use crate::transport::detect::{detect, Protocol};
 use crate::transport::listen::{Handshake, PeerAddr};
 use crate::transport::opaque;
@@ -47,6 +47,8 @@ pub struct Accepted {
 #[derive(Clone, Debug)]
 pub struct CaptureHandshake {
     pub store: Arc<ConfigStore>,
+    /// This workload (the `source_workload` label).
+    pub source_workload: String,
     pub detection_timeout: Duration,
     pub connect_timeout: Duration,
     pub registry_only: bool,
@@ -85,14 +87,30 @@ impl CaptureHandshake {
                 return;
             }
         };
-        let labels = self.metrics.tcp_open("outbound", &service.service);
+        let labels = self.metrics.tcp_open(TcpLabels {
+            direction: "outbound",
+            source_workload: self.source_workload.clone(),
+            destination_service: service.service.clone(),
+            destination_subset: cluster.subset.clone(),
+            connection_security_policy: if endpoint.pool.config.mtls.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+            source_principal: String::new(),
+        });
         let (sent, received) = opaque::relay(client, upstream).await;
         self.metrics.tcp_close(&labels, sent, received);
     }
 
+    /// REGISTRY_ONLY: by this proxy's flag or the mesh's setting.
+    fn registry_only(&self) -> bool {
+        self.registry_only || self.store.load().registry_only
+    }
+
     /// Opaque TCP to `target`, a destination outside the mesh.
     async fn passthrough(&self, client: TcpStream, peer: SocketAddr, target: SocketAddr) {
-        if self.registry_only {
+        if self.registry_only() {
             self.metrics.passthrough("tcp", "refused");
             tracing::debug!(%peer, %target, "opaque connection outside the mesh refused (REGISTRY_ONLY)");
             return;
@@ -105,7 +123,14 @@ impl CaptureHandshake {
                 return;
             }
         };
-        let labels = self.metrics.tcp_open("outbound", PASSTHROUGH);
+        let labels = self.metrics.tcp_open(TcpLabels {
+            direction: "outbound",
+            source_workload: self.source_workload.clone(),
+            destination_service: PASSTHROUGH.to_string(),
+            destination_subset: String::new(),
+            connection_security_policy: "none",
+            source_principal: String::new(),
+        });
         let (sent, received) = opaque::relay(client, upstream).await;
         self.metrics.tcp_close(&labels, sent, received);
     }
@@ -152,7 +177,7 @@ impl Handshake for CaptureHandshake {
                 let original = OriginalDst {
                     addr,
                     pool: Arc::new(EndpointPool::new(&addr.to_string(), config, None)),
-                    registry_only: self.registry_only,
+                    registry_only: self.registry_only(),
                 };
                 let accepted = Accepted {
                     peer: PeerAddr(peer),
