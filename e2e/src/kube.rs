@@ -25,12 +25,19 @@ fn script() -> PathBuf {
 impl KubeCluster {
     /// Starts one; `watch_cache: false` makes watches see real 410s.
     pub fn up(watch_cache: bool) -> Result<Self> {
+        Self::up_with(watch_cache, None)
+    }
+
+    /// As [`up`](Self::up), the apiserver compacting etcd every
+    /// `compaction` (a duration such as `2s`) instead of every 5 minutes.
+    pub fn up_with(watch_cache: bool, compaction: Option<&str>) -> Result<Self> {
         tool("kube-apiserver").context("bash e2e/kube/install.sh builds it")?;
         let dir = TempDir::new("kube")?;
         let out = Command::new("bash")
             .arg(script())
             .args(["up", &dir.path().display().to_string()])
             .env("WATCH_CACHE", watch_cache.to_string())
+            .env("COMPACTION_INTERVAL", compaction.unwrap_or("5m"))
             .output()
             .context("running e2e/kube/cluster.sh")?;
         let stdout = String::from_utf8_lossy(&out.stdout);

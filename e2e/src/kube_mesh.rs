@@ -42,10 +42,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(watch_cache: bool, compaction: Option<&str>) -> Result<Self> {
-        if let Some(interval) = compaction {
-            std::env::set_var("COMPACTION_INTERVAL", interval);
-        }
-        let kube = KubeCluster::up(watch_cache)?;
+        let kube = KubeCluster::up_with(watch_cache, compaction)?;
         kube.install_crds()?;
         let port = common_port()?;
         let mut backends = BTreeMap::new();

@@ -139,6 +139,14 @@ pub fn sidecar_with(net: &Network, pod: &Pod, name: &str, args: &[&str]) -> Resu
     Ok(Sidecar { process })
 }
 
+/// The status code of `curl URL` from inside `pod`.
+pub fn http_status(pod: &Pod, url: &str) -> Result<String> {
+    pod.exec(
+        "curl",
+        &["-s", "-o", "/dev/null", "-w", "%{http_code}", url],
+    )
+}
+
 pub fn metrics(pod: &Pod) -> String {
     pod.try_exec("curl", &["-s", "http://127.0.0.1:15000/metrics"])
         .map(|(_, out, _)| out)

@@ -302,17 +302,7 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
         &config,
         &["--outbound-traffic-policy", "REGISTRY_ONLY"],
     )?;
-    let code = a.exec(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{d_ip}:8080/"),
-        ],
-    )?;
+    let code = http_status(&a, &format!("http://{d_ip}:8080/"))?;
     assert_eq!(code, "404", "an unknown host is refused");
     let known = a.exec("redis-cli", &["-h", "db", "PING"])?;
     assert_eq!(known.trim(), "PONG", "the mesh's TCP services still work");

@@ -173,17 +173,7 @@ spec:
     // The mesh's REGISTRY_ONLY setting reached the client's sidecar: an
     // address no service has is refused, counted.
     let d_ip = net.address(5);
-    let code = a.exec(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{d_ip}:8080/"),
-        ],
-    )?;
+    let code = http_status(&a, &format!("http://{d_ip}:8080/"))?;
     assert_eq!(code, "404", "REGISTRY_ONLY from the control plane");
     let refused = sum_samples(
         &metrics(&a),
