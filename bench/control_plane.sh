@@ -21,10 +21,14 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 declare -a RAFT XDS ADMIN
 for i in 1 2 3; do RAFT[$i]=$(port); XDS[$i]=$(port); ADMIN[$i]=$(port); done
 PEERS="1=127.0.0.1:${RAFT[1]},2=127.0.0.1:${RAFT[2]},3=127.0.0.1:${RAFT[3]}"
+target/release/trellisctl pki init --dir "$WORK/pki" >/dev/null
+export TRELLIS_TRUST_BUNDLE="$WORK/pki/ca.pem" TRELLIS_TOKEN_FILE="$WORK/pki/admin.token"
 for i in 1 2 3; do
     target/release/trellis-control-plane --node-id "$i" --data-dir "$WORK/data-$i" \
         --raft-addr "127.0.0.1:${RAFT[$i]}" --xds-addr "127.0.0.1:${XDS[$i]}" \
-        --admin-addr "127.0.0.1:${ADMIN[$i]}" --peers "$PEERS" > "$WORK/replica-$i.log" 2>&1 &
+        --admin-addr "127.0.0.1:${ADMIN[$i]}" --peers "$PEERS" \
+        --ca-cert "$WORK/pki/ca.pem" --ca-key "$WORK/pki/ca-key.pem" \
+        --operator-tokens "$WORK/pki/operator-tokens" > "$WORK/replica-$i.log" 2>&1 &
     PIDS+=($!)
 done
 SERVERS="127.0.0.1:${RAFT[1]},127.0.0.1:${RAFT[2]},127.0.0.1:${RAFT[3]}"
@@ -35,7 +39,8 @@ rss_mib() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 declare -A LINE RSS
 IDLE_RSS="$(rss_mib "${PIDS[0]}") / $(rss_mib "${PIDS[1]}") / $(rss_mib "${PIDS[2]}")"
 for n in 100 1000; do
-    LINE[$n]=$(target/release/trellis-xds-bench --servers "$SERVERS" --xds "$XDS_ADDRS" --streams "$n" --rounds "$ROUNDS")
+    LINE[$n]=$(target/release/trellis-xds-bench --servers "$SERVERS" --xds "$XDS_ADDRS" --streams "$n" --rounds "$ROUNDS" \
+        --trust-bundle "$TRELLIS_TRUST_BUNDLE" --token-file "$TRELLIS_TOKEN_FILE")
     RSS[$n]="$(rss_mib "${PIDS[0]}") / $(rss_mib "${PIDS[1]}") / $(rss_mib "${PIDS[2]}")"
     echo "$n: ${LINE[$n]} rss ${RSS[$n]}"
 done

@@ -43,8 +43,10 @@ taskset -c 1 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" & PIDS+=($!)
 # --- control plane: one replica, core 1 ---------------------------------------
 TOKEN=bench-bootstrap-token-0123456789
 echo "$TOKEN *" > "$WORK/tokens"
+target/release/trellisctl pki init --dir "$WORK/pki" >/dev/null
 TRELLIS_LOG=warn taskset -c 1 target/release/trellis-control-plane --node-id 1 --data-dir "$WORK/cp" \
     --raft-addr 127.0.0.1:$RAFT --xds-addr 127.0.0.1:$XDS --admin-addr 127.0.0.1:$CP_ADMIN \
+    --ca-cert "$WORK/pki/ca.pem" --ca-key "$WORK/pki/ca-key.pem" \
     --peers 1=127.0.0.1:$RAFT --watch-dir "$WORK/rules" --bootstrap-tokens "$WORK/tokens" & PIDS+=($!)
 
 # --- two server sidecars in front of the backend: plaintext and mTLS ---------
@@ -80,7 +82,7 @@ CONF
 wait_port "$XDS"
 sidecar() { # name admin-port extra-flags...
     local name=$1 admin=$2; shift 2
-    TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --control-plane "127.0.0.1:$XDS" \
+    TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --control-plane "127.0.0.1:$XDS" --trust-bundle "$WORK/pki/ca.pem" \
         --node-id "$name" --admin-addr "127.0.0.1:$admin" --bootstrap-token "$TOKEN" "$@" &
     PIDS+=($!); LAST_PID=$!
 }

@@ -1,6 +1,8 @@
 //! Wire model shared by the proxy and the control plane: the compiled proxy
-//! config (`ProxyConfig`) and the discovery stream (`MeshDiscovery`), and
-//! the metrics exposition format both sides serve ([`exposition`]).
+//! config (`ProxyConfig`) and the discovery stream (`MeshDiscovery`), the
+//! metrics exposition format both sides serve ([`exposition`]), and the
+//! TLS both sides speak: SPIFFE identities, their verification, and the
+//! control plane's channels ([`tls`]).
 //!
 //! Generated from `proto/` at build time; see `build.rs`.
 
@@ -14,6 +16,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod exposition;
+pub mod tls;
 
 /// Well-known protobuf types used by the messages (`Duration`).
 pub use prost_types;

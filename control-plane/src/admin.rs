@@ -1,34 +1,36 @@
-//! Admin endpoint of a replica (default `:15014`): `/live`, `/ready` (a
-//! leader is known), `/metrics`, `/proxy-status` (this replica's proxies as
-//! JSON).
+//! Admin endpoint of a replica (default `:15014`, HTTPS with the replica's
+//! certificate): `/live`, `/ready` (a leader is known), `/metrics`,
+//! `/proxy-status` (this replica's proxies as JSON).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use trellis_api::tls::channel;
 
 use crate::replica::Replica;
 
-/// Serves `listener` until `shutdown` flips.
+/// Serves `listener` over TLS (`tls`) until `shutdown` flips.
 pub async fn serve(
     listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
     replica: Arc<Replica>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut incoming = std::pin::pin!(channel::incoming(listener, tls, "admin"));
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
+            accepted = incoming.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(_)) => continue,
+                None => return,
             },
             _ = shutdown.changed() => return,
         };

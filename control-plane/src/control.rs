@@ -11,6 +11,7 @@ use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 use trellis_api as api;
 
+use crate::operator::{Access, OperatorTokens};
 use crate::replica::{Replica, Route, FORWARDED};
 use crate::state::{MeshCommand, ResourceKey};
 
@@ -18,20 +19,30 @@ use crate::state::{MeshCommand, ResourceKey};
 #[derive(Clone, Debug)]
 pub struct Control {
     pub replica: Arc<Replica>,
+    /// Who may call (`--operator-tokens`; replicas always may).
+    pub tokens: Arc<OperatorTokens>,
 }
 
 fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
-/// `message` as a request marked forwarded.
+/// `message` as a request marked forwarded. A leader that does not answer
+/// within [`FORWARD_TIMEOUT`] (frozen, cut off) fails the request as
+/// unavailable, so the caller retries, by then likely with a new leader.
 fn forward<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request.set_timeout(FORWARD_TIMEOUT);
     request
 }
+
+/// How long a forwarded request may wait for the leader (a commit takes
+/// milliseconds; adding a learner waits for it to catch up, which a
+/// snapshot keeps short).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn key_of(r: Option<api::ResourceRef>) -> Result<ResourceKey, Status> {
     let r = r.ok_or_else(|| Status::invalid_argument("change without a resource"))?;
@@ -93,6 +104,7 @@ impl api::mesh_control_server::MeshControl for Control {
         &self,
         request: Request<api::WriteRequest>,
     ) -> Result<Response<api::WriteReply>, Status> {
+        self.tokens.authorize(&request, Access::Write)?;
         let r = &self.replica;
         match r.route(is_forwarded(&request)).await? {
             Route::Leader(mut leader) => leader.write(forward(request.into_inner())).await,
@@ -108,6 +120,7 @@ impl api::mesh_control_server::MeshControl for Control {
         &self,
         request: Request<api::GetRequest>,
     ) -> Result<Response<api::GetReply>, Status> {
+        self.tokens.authorize(&request, Access::Read)?;
         let r = &self.replica;
         if let Route::Leader(mut leader) = r.route(is_forwarded(&request)).await? {
             return leader.get(forward(request.into_inner())).await;
@@ -145,6 +158,7 @@ impl api::mesh_control_server::MeshControl for Control {
         &self,
         request: Request<api::ClusterInitRequest>,
     ) -> Result<Response<api::ClusterReply>, Status> {
+        self.tokens.authorize(&request, Access::Write)?;
         let r = &self.replica;
         let mut members: BTreeMap<u64, BasicNode> = request
             .into_inner()
@@ -169,6 +183,7 @@ impl api::mesh_control_server::MeshControl for Control {
         &self,
         request: Request<api::Member>,
     ) -> Result<Response<api::ClusterReply>, Status> {
+        self.tokens.authorize(&request, Access::Write)?;
         let r = &self.replica;
         if let Route::Leader(mut leader) = r.route(is_forwarded(&request)).await? {
             return leader.add_learner(forward(request.into_inner())).await;
@@ -190,6 +205,7 @@ impl api::mesh_control_server::MeshControl for Control {
         &self,
         request: Request<api::ChangeMembershipRequest>,
     ) -> Result<Response<api::ClusterReply>, Status> {
+        self.tokens.authorize(&request, Access::Write)?;
         let r = &self.replica;
         if let Route::Leader(mut leader) = r.route(is_forwarded(&request)).await? {
             return leader
@@ -212,8 +228,9 @@ impl api::mesh_control_server::MeshControl for Control {
 
     async fn status(
         &self,
-        _request: Request<api::StatusRequest>,
+        request: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusReply>, Status> {
+        self.tokens.authorize(&request, Access::Read)?;
         let r = &self.replica;
         let m = r.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -250,8 +267,9 @@ impl api::mesh_control_server::MeshControl for Control {
 
     async fn trust_bundle(
         &self,
-        _request: Request<api::TrustBundleRequest>,
+        request: Request<api::TrustBundleRequest>,
     ) -> Result<Response<api::TrustBundleReply>, Status> {
+        self.tokens.authorize(&request, Access::Read)?;
         let reply = self.replica.sm.read(|a| match a.state.ca() {
             Some(ca) => api::TrustBundleReply {
                 trust_domain: ca.trust_domain.clone(),
@@ -266,6 +284,7 @@ impl api::mesh_control_server::MeshControl for Control {
         &self,
         request: Request<api::ProxyStatusRequest>,
     ) -> Result<Response<api::ProxyStatusReply>, Status> {
+        self.tokens.authorize(&request, Access::Read)?;
         let r = &self.replica;
         if request.into_inner().local_only {
             return Ok(Response::new(api::ProxyStatusReply {

@@ -2,7 +2,8 @@
 //! is the ordered history of mesh configuration (`raft/`, `state/`), the
 //! sources that feed it on the leader (`sources/`), the configs rendered
 //! from it (`render/`) and pushed to proxies (`push/`), and the operator
-//! API (`control`) and admin endpoint (`admin`).
+//! API (`control`, `operator`) and admin endpoint (`admin`), all over TLS
+//! with the replica's own certificate (`tls`).
 
 #![forbid(unsafe_code)]
 
@@ -10,7 +11,9 @@ pub mod admin;
 pub mod ca;
 pub mod control;
 pub mod grpc;
+pub mod inject;
 pub mod metrics;
+pub mod operator;
 pub mod push;
 pub mod raft;
 pub mod render;
@@ -18,3 +21,4 @@ pub mod replica;
 pub mod server;
 pub mod sources;
 pub mod state;
+pub mod tls;

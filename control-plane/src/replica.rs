@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use tonic::transport::Channel;
 use tonic::Status;
-use trellis_api::mesh_control_client::MeshControlClient;
 
 use crate::metrics::Metrics;
+use crate::operator::{self, Bearer, OperatorClient};
 use crate::push::Registry;
 use crate::raft::{network, NodeId, Raft, StateMachineStore};
 use crate::state::resources::errors_of;
@@ -33,6 +33,8 @@ pub struct Replica {
     pub sm: StateMachineStore,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
+    /// TLS to other replicas (this replica's certificate).
+    peers_tls: Arc<rustls::ClientConfig>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -68,7 +70,7 @@ impl From<WriteError> for Status {
 /// Where a request goes: handled here (this replica leads) or at the leader.
 pub enum Route {
     Local,
-    Leader(MeshControlClient<Channel>),
+    Leader(Box<OperatorClient>),
 }
 
 impl Replica {
@@ -78,6 +80,7 @@ impl Replica {
         raft: Raft,
         sm: StateMachineStore,
         metrics: Arc<Metrics>,
+        peers_tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         Self {
             id,
@@ -86,6 +89,7 @@ impl Replica {
             sm,
             metrics,
             registry: Arc::new(Registry::new(id)),
+            peers_tls,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -123,7 +127,7 @@ impl Replica {
     }
 
     /// A client of the replica at `addr` (channels are kept and reused).
-    pub fn client(&self, addr: &str) -> Result<MeshControlClient<Channel>, Status> {
+    pub fn client(&self, addr: &str) -> Result<OperatorClient, Status> {
         let mut channels = self
             .channels
             .lock()
@@ -131,13 +135,14 @@ impl Replica {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = network::channel(addr)
+                let c = network::channel(addr, self.peers_tls.clone())
                     .map_err(|e| Status::internal(format!("bad peer address {addr}: {e}")))?;
                 channels.insert(addr.to_string(), c.clone());
                 c
             }
         };
-        Ok(MeshControlClient::new(channel))
+        // Replicas authenticate to each other by certificate.
+        Ok(operator::client(channel, Bearer::none()))
     }
 
     /// Where a leader-only request goes. A request already forwarded once is
@@ -149,7 +154,7 @@ impl Replica {
             Some((id, _)) if forwarded => Err(Status::unavailable(format!(
                 "not the leader (node {id} is); retry"
             ))),
-            Some((_, addr)) => Ok(Route::Leader(self.client(&addr)?)),
+            Some((_, addr)) => Ok(Route::Leader(Box::new(self.client(&addr)?))),
         }
     }
 

@@ -13,7 +13,6 @@ use openraft::{BasicNode, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use trellis_api::identity_server::IdentityServer;
 use trellis_api::mesh_control_server::MeshControlServer;
@@ -31,6 +30,8 @@ use crate::render::{self, Rendered};
 use crate::replica::Replica;
 use crate::sources::file::FileSource;
 use crate::sources::kube::KubeSource;
+use crate::tls::ReplicaTls;
+use trellis_api::tls::channel::{self, TlsConn};
 
 /// Everything a replica needs to start.
 #[derive(Clone, Debug)]
@@ -56,9 +57,11 @@ pub struct ServerConfig {
     /// Entries kept in the log behind a snapshot (a peer further behind
     /// catches up through the snapshot).
     pub keep_logs: u64,
-    /// The mesh's root CA: trust domain, and files to use instead of a
-    /// generated root.
-    pub ca: crate::ca::CaSource,
+    /// The mesh's root CA (from `--ca-cert`, `--ca-key`) with its trust
+    /// domain: signs workload certificates and this replica's own.
+    pub ca: crate::ca::CaRecord,
+    /// Who may use the operator API (`--operator-tokens`).
+    pub operator_tokens: Arc<crate::operator::OperatorTokens>,
     /// Who may obtain workload certificates, and for how long.
     pub identity: IdentityConfig,
     /// `--kubernetes`: the apiserver the leader mirrors into Raft.
@@ -73,6 +76,19 @@ pub struct Kubernetes {
     pub client: kube::Client,
     /// How often the leader refreshes `status.applied`.
     pub status_interval: Duration,
+    /// The injection webhook, when served.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The injection webhook's settings.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    /// The DNS names the apiserver reaches it by (its certificate's).
+    pub dns_names: Vec<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps.
+    pub config_name: String,
+    pub webhook: crate::inject::webhook::Webhook,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -95,6 +111,8 @@ pub enum StartError {
     Config(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -122,6 +140,7 @@ async fn bind(addr: SocketAddr, name: &'static str) -> Result<TcpListener, Start
 
 /// Opens the storage, starts Raft and every listener.
 pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
+    let tls = ReplicaTls::issue(&config.ca, config.node_id).map_err(StartError::Tls)?;
     let (log, sm) = crate::raft::open(&config.data_dir).map_err(|source| StartError::Storage {
         dir: config.data_dir.display().to_string(),
         source: Box::new(source),
@@ -141,7 +160,9 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        NetworkFactory,
+        NetworkFactory {
+            tls: tls.peers.clone(),
+        },
         log,
         sm.clone(),
     )
@@ -170,6 +191,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         raft.clone(),
         sm.clone(),
         metrics.clone(),
+        tls.peers.clone(),
     ));
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -184,9 +206,16 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             .max_encoding_message_size(64 << 20),
         b: MeshControlServer::new(Control {
             replica: replica.clone(),
+            tokens: config.operator_tokens.clone(),
         }),
     };
-    tasks.spawn(grpc_serve("raft", raft_listener, dispatch, rx.clone()));
+    let grpc = |name, listener| channel::incoming(listener, tls.grpc.clone(), name);
+    tasks.spawn(grpc_serve(
+        "raft",
+        grpc("raft", raft_listener),
+        dispatch,
+        rx.clone(),
+    ));
     let push = MeshDiscoveryServer::new(Push {
         replica: config.node_id,
         rendered,
@@ -203,9 +232,15 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         a: identity,
         b: push,
     };
-    tasks.spawn(grpc_serve("xds", xds_listener, xds, rx.clone()));
+    tasks.spawn(grpc_serve(
+        "xds",
+        grpc("xds", xds_listener),
+        xds,
+        rx.clone(),
+    ));
     tasks.spawn(crate::admin::serve(
         admin_listener,
+        tls.admin.clone(),
         replica.clone(),
         rx.clone(),
     ));
@@ -227,8 +262,20 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             client: k.client.clone(),
             replica: replica.clone(),
             status_interval: k.status_interval,
+            webhook_config: k.webhook.as_ref().map(|w| w.config_name.clone()),
         };
         tasks.spawn(source.run(rx.clone()));
+        if let Some(w) = &k.webhook {
+            let listener = bind(w.addr, "webhook").await?;
+            let tls =
+                crate::inject::webhook::tls(&config.ca, &w.dns_names).map_err(StartError::Tls)?;
+            tasks.spawn(crate::inject::webhook::serve(
+                listener,
+                tls,
+                Arc::new(w.webhook.clone()),
+                rx.clone(),
+            ));
+        }
     }
     if let Some(lowest) = config.peers.iter().map(|(id, _)| *id).min() {
         if lowest == config.node_id && !raft.is_initialized().await.unwrap_or(true) {
@@ -281,9 +328,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-async fn grpc_serve<S>(
+async fn grpc_serve<S, I>(
     name: &'static str,
-    listener: TcpListener,
+    incoming: I,
     service: S,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -295,8 +342,8 @@ async fn grpc_serve<S>(
         + Send
         + 'static,
     S::Future: Send + 'static,
+    I: futures_util::Stream<Item = Result<TlsConn, std::io::Error>>,
 {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = async move {
         let _ = shutdown.changed().await;
     };

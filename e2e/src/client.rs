@@ -110,14 +110,37 @@ pub async fn get(
 
 /// A blocking `GET path` (HTTP/1.0-style, one connection): (status, body).
 pub fn blocking_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    exchange(stream, addr, path)
+}
+
+/// [`blocking_get`] over TLS with `tls` (a control-plane admin port).
+pub fn blocking_get_tls(
+    addr: SocketAddr,
+    path: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(u16, String)> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let conn = rustls::ClientConnection::new(tls, name)?;
+    exchange(rustls::StreamOwned::new(conn, tcp), addr, path)
+}
+
+fn exchange(mut stream: impl Read + Write, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify, after the response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !bytes.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let status = text
         .split(' ')
         .nth(1)

@@ -175,6 +175,18 @@ impl Process {
         Ok(())
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.name);
+        }
+        Ok(())
+    }
+
     /// SIGKILLs the process (its log stays).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

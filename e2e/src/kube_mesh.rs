@@ -307,7 +307,7 @@ impl Load {
 pub fn proxies(cp: &ControlPlane) -> Result<Vec<ConnectedProxy>> {
     let mut out = Vec::new();
     for id in ["proxy-a", "proxy-b"] {
-        let mut p = ConnectedProxy::spawn(id, &cp.xds_urls())?;
+        let mut p = ConnectedProxy::spawn(id, cp)?;
         p.wait_ready(Duration::from_secs(20))?;
         out.push(p);
     }

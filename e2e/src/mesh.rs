@@ -1,5 +1,7 @@
 //! A control plane of real `trellis-control-plane` replicas on loopback,
-//! proxies connected to it, and `trellisctl` against it.
+//! secured as a user runs it (a root and operator tokens from `trellisctl
+//! pki init`, TLS on every port), proxies connected to it, and `trellisctl`
+//! against it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,6 +38,16 @@ pub struct ControlPlane {
     /// Where the proxy stream listens, when not only on loopback (proxies
     /// in network namespaces reach the replicas through a bridge).
     pub xds_bind: Option<std::net::IpAddr>,
+    /// The mesh root (`--trust-bundle` of proxies and `trellisctl`).
+    pub trust_bundle: PathBuf,
+    /// `--ca-cert`/`--ca-key` the harness passes (none when the test gives its own).
+    ca_flags: Vec<String>,
+    /// `--operator-tokens` of the replicas, and the tokens that may write / only read.
+    pub operator_tokens: PathBuf,
+    pub admin_token: PathBuf,
+    pub reader_token: PathBuf,
+    /// TLS to the replicas' admin ports.
+    admin_tls: std::sync::Arc<rustls::ClientConfig>,
     dir: TempDir,
 }
 
@@ -79,6 +91,29 @@ impl ControlPlane {
         let dir = TempDir::new("control-plane")?;
         let watch_dir = dir.path().join("rules");
         std::fs::create_dir_all(&watch_dir)?;
+        let pki = dir.path().join("pki");
+        pki_init(&pki)?;
+        // A test that brings its own root (`--ca-cert`) is trusted by it.
+        let own_ca = extra
+            .iter()
+            .position(|f| *f == "--ca-cert")
+            .and_then(|i| extra.get(i + 1));
+        let (trust_bundle, ca_flags) = match own_ca {
+            Some(cert) => (PathBuf::from(cert), Vec::new()),
+            None => (
+                pki.join("ca.pem"),
+                vec![
+                    "--ca-cert".to_string(),
+                    pki.join("ca.pem").display().to_string(),
+                    "--ca-key".into(),
+                    pki.join("ca-key.pem").display().to_string(),
+                ],
+            ),
+        };
+        let roots =
+            trellis_api::tls::channel::load_bundle(&trust_bundle).map_err(anyhow::Error::msg)?;
+        let admin_tls = trellis_api::tls::channel::client_config_alpn(&roots, None, &[b"http/1.1"])
+            .map_err(anyhow::Error::msg)?;
         let replicas = (1..=n)
             .map(|id| Replica {
                 id,
@@ -96,6 +131,12 @@ impl ControlPlane {
             extra: extra.iter().map(ToString::to_string).collect(),
             peers,
             xds_bind,
+            trust_bundle,
+            ca_flags,
+            operator_tokens: pki.join("operator-tokens"),
+            admin_token: pki.join("admin.token"),
+            reader_token: pki.join("reader.token"),
+            admin_tls,
             dir,
         };
         for id in 1..=n {
@@ -118,7 +159,12 @@ impl ControlPlane {
         let peers = peers.join(",");
         let watch = self.watch_dir.display().to_string();
         let log_dir = self.dir.path().to_path_buf();
-        let extra = self.extra.clone();
+        let mut extra = self.ca_flags.clone();
+        extra.extend([
+            "--operator-tokens".to_string(),
+            self.operator_tokens.display().to_string(),
+        ]);
+        extra.extend(self.extra.iter().cloned());
         let with_peers = self.peers;
         let xds_bind = self.xds_bind;
         let r = &mut self.replicas[(id - 1) as usize];
@@ -165,6 +211,13 @@ impl ControlPlane {
         }
     }
 
+    /// SIGSTOPs (`frozen`) or SIGCONTs replica `id`: alive, connections
+    /// accepted by the kernel, nothing answered.
+    pub fn freeze(&self, id: u64, frozen: bool) -> Result<()> {
+        let process = self.replica(id).process.as_ref().context("not running")?;
+        process.signal(if frozen { "STOP" } else { "CONT" })
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.replica(id).process.is_some()
     }
@@ -176,7 +229,7 @@ impl ControlPlane {
             .iter()
             .filter(|r| r.process.is_some())
             .find(|r| {
-                crate::client::blocking_get(r.admin, "/metrics")
+                self.admin_get(r.admin, "/metrics")
                     .is_ok_and(|(_, body)| sum_samples(&body, "trellis_raft_is_leader", &[]) == 1.0)
             })
             .map(|r| r.id)
@@ -203,20 +256,31 @@ impl ControlPlane {
         s.join(",")
     }
 
+    /// `GET path` on a replica's admin port (HTTPS): (status, body).
+    pub fn admin_get(&self, admin: SocketAddr, path: &str) -> Result<(u16, String)> {
+        crate::client::blocking_get_tls(admin, path, self.admin_tls.clone())
+    }
+
     /// `trellisctl --server <replica id> args...`.
     pub fn ctl_on(&self, id: u64, args: &[&str]) -> Result<(bool, String, String)> {
-        ctl_at(&self.replica(id).raft.to_string(), args)
+        self.ctl_at(&self.replica(id).raft.to_string(), args)
     }
 
     /// Runs `trellisctl --server <all replicas> args...`: (success, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        ctl_at(&self.servers(), args)
+        self.ctl_at(&self.servers(), args)
+    }
+
+    /// `trellisctl --server servers args...` as the operator (the write
+    /// token, this mesh's trust bundle).
+    pub fn ctl_at(&self, servers: &str, args: &[&str]) -> Result<(bool, String, String)> {
+        ctl_as(&self.trust_bundle, Some(&self.admin_token), servers, args)
     }
 
     /// `trellisctl cluster status -o json` of replica `id` alone.
     pub fn status(&self, id: u64) -> Result<serde_json::Value> {
         let r = self.replica(id);
-        let (ok, out, err) = ctl_at(
+        let (ok, out, err) = self.ctl_at(
             &r.raft.to_string(),
             &["--timeout", "1s", "cluster", "status", "-o", "json"],
         )?;
@@ -270,9 +334,39 @@ impl ControlPlane {
     }
 }
 
-/// `trellisctl --server servers args...`.
-pub fn ctl_at(servers: &str, args: &[&str]) -> Result<(bool, String, String)> {
+/// `trellisctl pki init --dir dir`: a root CA and operator tokens.
+pub fn pki_init(dir: &Path) -> Result<()> {
     let out = Command::new(bin("trellisctl")?)
+        .args(["pki", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .context("trellisctl pki init")?;
+    if !out.status.success() {
+        bail!(
+            "trellisctl pki init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `trellisctl --server servers args...` trusting `trust_bundle`, with the
+/// token in `token_file` (none: no token).
+pub fn ctl_as(
+    trust_bundle: &Path,
+    token_file: Option<&Path>,
+    servers: &str,
+    args: &[&str],
+) -> Result<(bool, String, String)> {
+    let mut command = Command::new(bin("trellisctl")?);
+    command
+        .env_remove("TRELLIS_TOKEN")
+        .env("TRELLIS_TRUST_BUNDLE", trust_bundle);
+    match token_file {
+        Some(file) => command.env("TRELLIS_TOKEN_FILE", file),
+        None => command.env_remove("TRELLIS_TOKEN_FILE"),
+    };
+    let out = command
         .arg("--server")
         .arg(servers)
         .args(args)
@@ -308,18 +402,25 @@ pub struct ConnectedProxy {
 impl ConnectedProxy {
     /// Starts proxy `id` streaming from `urls` (comma-separated), with a
     /// state dir; does not wait for a config.
-    pub fn spawn(id: &str, urls: &str) -> Result<Self> {
-        Self::spawn_with(id, urls, &[])
+    pub fn spawn(id: &str, cp: &ControlPlane) -> Result<Self> {
+        Self::spawn_with(id, cp, &[])
     }
 
     /// As [`spawn`](Self::spawn), with `extra` flags.
-    pub fn spawn_with(id: &str, urls: &str, extra: &[String]) -> Result<Self> {
+    pub fn spawn_with(id: &str, cp: &ControlPlane, extra: &[String]) -> Result<Self> {
+        Self::spawn_at(id, &cp.xds_urls(), &cp.trust_bundle, extra)
+    }
+
+    /// Proxy `id` streaming from `urls` (in that order), trusting `trust_bundle`.
+    pub fn spawn_at(id: &str, urls: &str, trust_bundle: &Path, extra: &[String]) -> Result<Self> {
         let dir = TempDir::new("connected-proxy")?;
         let (outbound, admin) = (free_addr(), free_addr());
         let state_dir = dir.path().join("state");
         let mut args = vec![
             "--control-plane".to_string(),
             urls.to_string(),
+            "--trust-bundle".into(),
+            trust_bundle.display().to_string(),
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--node-id".into(),
@@ -434,16 +535,24 @@ pub fn fetch_version(proxy: SocketAddr, host: &str) -> Result<String> {
 /// `n` writes through the operator API (gRPC, one resource each), retried
 /// on any replica while none can take them: for tests that need many
 /// writes faster than `trellisctl` processes start.
-pub fn write_many(servers: &str, n: usize, yaml: impl Fn(usize) -> String) -> Result<()> {
-    use trellis_api::mesh_control_client::MeshControlClient;
-    let servers: Vec<String> = servers.split(',').map(String::from).collect();
+pub fn write_many(cp: &ControlPlane, n: usize, yaml: impl Fn(usize) -> String) -> Result<()> {
+    use trellis_control_plane::operator::{client, Bearer};
+    let servers: Vec<String> = cp.servers().split(',').map(String::from).collect();
+    let roots =
+        trellis_api::tls::channel::load_bundle(&cp.trust_bundle).map_err(anyhow::Error::msg)?;
+    let tls = trellis_api::tls::channel::client_config(&roots, None).map_err(anyhow::Error::msg)?;
+    let token = std::fs::read_to_string(&cp.admin_token)?;
+    let bearer = Bearer::new(Some(&token)).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let clients: Vec<_> = servers
             .iter()
-            .map(|s| trellis_control_plane::raft::network::channel(s).map(MeshControlClient::new))
+            .map(|s| {
+                trellis_control_plane::raft::network::channel(s, tls.clone())
+                    .map(|c| client(c, bearer.clone()))
+            })
             .collect::<std::result::Result<_, _>>()?;
         for i in 0..n {
             let rules = trellis_crds::load_str("generated.yaml", &yaml(i))

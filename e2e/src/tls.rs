@@ -50,6 +50,27 @@ impl TestCa {
 
     /// A leaf signed by this CA.
     pub fn leaf(&self, spec: &Leaf) -> Result<Credential> {
+        let (cert, key) = self.signed(spec)?;
+        Ok(Credential {
+            cert: cert.der().clone(),
+            key: key.serialize_der(),
+        })
+    }
+
+    /// A leaf signed by this CA as PEM files in `dir` (`NAME.pem`,
+    /// `NAME-key.pem`), for outside clients such as `openssl s_client`.
+    pub fn leaf_files(&self, spec: &Leaf, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let (cert, key) = self.signed(spec)?;
+        let paths = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&paths.0, cert.pem())?;
+        std::fs::write(&paths.1, key.serialize_pem())?;
+        Ok(paths)
+    }
+
+    fn signed(&self, spec: &Leaf) -> Result<(rcgen::Certificate, KeyPair)> {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, KeyPair::from_pem(&self.key_pem)?)?;
         let mut params = CertificateParams::default();
         params.subject_alt_names = spec
@@ -77,10 +98,7 @@ impl TestCa {
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(Credential {
-            cert: cert.der().clone(),
-            key: key.serialize_der(),
-        })
+        Ok((cert, key))
     }
 }
 

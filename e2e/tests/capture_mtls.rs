@@ -92,6 +92,8 @@ spec:
         vec![
             "--control-plane".to_string(),
             url.clone(),
+            "--trust-bundle".into(),
+            cp.trust_bundle.display().to_string(),
             "--bootstrap-token".into(),
             token.into(),
             "--service-account".into(),

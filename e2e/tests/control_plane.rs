@@ -46,10 +46,12 @@ impl Mesh {
         let cp = ControlPlane::start(3, extra)?;
         let urls: Vec<String> = cp.replicas.iter().map(|r| r.xds.to_string()).collect();
         let proxies = vec![
-            ConnectedProxy::spawn("client-a", &urls.join(","))?,
-            ConnectedProxy::spawn(
+            ConnectedProxy::spawn_at("client-a", &urls.join(","), &cp.trust_bundle, &[])?,
+            ConnectedProxy::spawn_at(
                 "client-b",
                 &[&urls[1], &urls[2], &urls[0]].map(|s| s.as_str()).join(","),
+                &cp.trust_bundle,
+                &[],
             )?,
         ];
         let mut mesh = Self {
@@ -322,8 +324,7 @@ fn a_replica_stopped_during_1000_writes_catches_up_from_a_snapshot() -> Result<(
     let leader = cp.leader().expect("a leader");
     let stopped = (1..=3).find(|id| *id != leader).expect("a follower");
     cp.kill(stopped);
-    let servers = cp.servers();
-    trellis_e2e::mesh::write_many(&servers, 1000, |i| service_entry(&format!("bulk-{i}")))?;
+    trellis_e2e::mesh::write_many(&cp, 1000, |i| service_entry(&format!("bulk-{i}")))?;
     cp.spawn(stopped)?;
     converged(&cp, Duration::from_secs(30))?;
     let status = cp.status(stopped)?;
@@ -531,5 +532,48 @@ fn the_root_ca_is_replicated_and_survives_a_leader_change() -> Result<()> {
             "replica {id} after the leader change"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_frozen_leader_first_in_server_holds_up_no_write() -> Result<()> {
+    let _serial = serial();
+    let cp = ControlPlane::start(3, &[])?;
+    let leader = cp.leader().expect("a leader");
+    let dir = TempDir::new("frozen")?;
+    let file = dir.path().join("se.yaml");
+    std::fs::write(&file, service_entry("after-freeze"))?;
+    let file = file.display().to_string();
+    let frozen = cp.replicas[(leader - 1) as usize].raft.to_string();
+    let others: Vec<String> = cp
+        .replicas
+        .iter()
+        .filter(|r| r.id != leader)
+        .map(|r| r.raft.to_string())
+        .collect();
+    let servers = format!("{frozen},{}", others.join(","));
+
+    cp.freeze(leader, true)?;
+    // Alone in --server, the frozen replica costs --timeout and no more.
+    let started = Instant::now();
+    let (ok, _, err) = cp.ctl_at(&frozen, &["--timeout", "2s", "get"])?;
+    let took = started.elapsed();
+    assert!(!ok, "a frozen replica answered");
+    assert!(
+        took < Duration::from_secs(4),
+        "--timeout 2s took {took:?}: {err}"
+    );
+    // First in --server, it is passed over: the write lands on the new
+    // leader without waiting out the freeze.
+    let started = Instant::now();
+    let (ok, out, err) = cp.ctl_at(&servers, &["--timeout", "20s", "apply", "-f", &file])?;
+    let took = started.elapsed();
+    assert!(ok, "{out}{err}");
+    eprintln!("write with the leader frozen first in --server: {took:?}");
+    assert!(took < Duration::from_secs(8), "the write took {took:?}");
+    let (ok, out, err) = cp.ctl_at(&others.join(","), &["get", "se"])?;
+    assert!(ok && out.contains("after-freeze"), "{out}{err}");
+    cp.freeze(leader, false)?;
+    converged(&cp, Duration::from_secs(20))?;
     Ok(())
 }

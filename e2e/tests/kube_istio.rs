@@ -95,7 +95,7 @@ fn istio_bookinfo_yaml_applies_unchanged_and_tokens_get_their_own_identity() -> 
     let with_token = |id: &str, sa: &str| -> Result<ConnectedProxy> {
         ConnectedProxy::spawn_with(
             id,
-            &cp.xds_urls(),
+            &cp,
             &[
                 "--service-account-token-file".into(),
                 token_file.display().to_string(),

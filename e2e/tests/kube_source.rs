@@ -32,6 +32,30 @@ fn kubernetes_services_pods_and_rules_route_the_mesh() -> Result<()> {
         );
     }
 
+    // The mesh root, published in every namespace (a new one included) for
+    // sidecars to trust the replicas by, as the control plane's RBAC allows.
+    kube.kubectl_ok(&["create", "namespace", "later"])?;
+    let root = std::fs::read_to_string(&cp.trust_bundle)?;
+    for ns in ["default", "later"] {
+        let published = wait_until(Duration::from_secs(10), || {
+            kube.kubectl(&[
+                "get",
+                "configmap",
+                "trellis-ca-root-cert",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+            ])
+            .is_ok_and(|(ok, out, _)| ok && out.trim() == root.trim())
+        });
+        assert!(
+            published,
+            "no root certificate ConfigMap in {ns}:\n{}",
+            cp.logs()
+        );
+    }
+
     // A 90/10 split applied with kubectl routes within a second.
     let file = kube.dir().join("rules.yaml");
     std::fs::write(&file, RULES_90_10)?;
@@ -63,9 +87,12 @@ fn kubernetes_services_pods_and_rules_route_the_mesh() -> Result<()> {
     let started = Instant::now();
     let waiter = std::thread::spawn({
         let servers = cp.servers();
+        let (bundle, token) = (cp.trust_bundle.clone(), cp.admin_token.clone());
         let next = next.clone();
         move || {
-            let out = trellis_e2e::mesh::ctl_at(
+            let out = trellis_e2e::mesh::ctl_as(
+                &bundle,
+                Some(&token),
                 &servers,
                 &[
                     "wait",

@@ -64,7 +64,7 @@ async fn proxy_and_replica_metrics_pass_promtool() -> Result<()> {
     );
 
     let cp = tokio::task::block_in_place(|| ControlPlane::start(1, &[]))?;
-    let (_, text) = client::blocking_get(cp.replicas[0].admin, "/metrics")?;
+    let (_, text) = cp.admin_get(cp.replicas[0].admin, "/metrics")?;
     assert!(text.contains("trellis_raft_term"), "{text}");
     let findings = promtool(&text)?;
     assert!(findings.is_empty(), "replica /metrics:\n{findings}\n{text}");

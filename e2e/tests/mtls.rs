@@ -121,7 +121,7 @@ impl Mesh {
         };
         let mut server = ConnectedProxy::spawn_with(
             "reviews-sidecar",
-            &cp.xds_urls(),
+            &cp,
             &sidecar(
                 "reviews",
                 &[
@@ -134,8 +134,7 @@ impl Mesh {
                 ],
             ),
         )?;
-        let mut client =
-            ConnectedProxy::spawn_with("web-sidecar", &cp.xds_urls(), &sidecar("web", &[]))?;
+        let mut client = ConnectedProxy::spawn_with("web-sidecar", &cp, &sidecar("web", &[]))?;
         server.wait_ready(Duration::from_secs(15))?;
         client.wait_ready(Duration::from_secs(15))?;
         client.wait_host("reviews.default.svc.cluster.local", Duration::from_secs(10))?;
@@ -244,7 +243,7 @@ async fn the_mesh_hop_is_mutual_tls_for_http1_and_http2() -> Result<()> {
     // never reports ready.
     let mut rogue = ConnectedProxy::spawn_with(
         "rogue",
-        &mesh.cp.xds_urls(),
+        &mesh.cp,
         &["--bootstrap-token".into(), "not-the-token-at-all".into()],
     )?;
     assert!(!wait_until(Duration::from_secs(2), || rogue.is_ready()));
@@ -490,5 +489,79 @@ spec:
         let left = sum_samples(&metrics, "trellis_identity_cert_expiry_seconds", &[]);
         assert!(left > 0.0 && left <= 61.0, "{}: {left} s left", proxy.id);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_and_python_clients_with_a_mesh_certificate_get_through() -> Result<()> {
+    let mesh = Mesh::start(
+        &format!("{}{AUTHORIZATION}", peer_authentication("STRICT")),
+        &[],
+    )?;
+    mesh.wait_enforced().await?;
+    let dir = TempDir::new("openssl")?;
+    let (ca, _) = mesh.ca.write(dir.path())?;
+    let (cert, key) = mesh.ca.leaf_files(&Leaf::id(WEB), dir.path(), "web")?;
+    let request = "GET /items HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n";
+
+    let mut openssl = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &mesh.inbound.to_string(), "-quiet"])
+        .args(["-verify_return_error", "-CAfile"])
+        .arg(&ca)
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = openssl.stdin.take().expect("stdin");
+        stdin.write_all(request.as_bytes())?;
+        // With -quiet, s_client ignores the end of its input and ends when
+        // the server closes the connection.
+    }
+    let out = openssl.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "openssl s_client: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let python = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile="{ca}")
+ctx.check_hostname = False  # sidecars are named by SPIFFE id, not DNS
+ctx.load_cert_chain("{cert}", "{key}")
+with ctx.wrap_socket(socket.create_connection(("{ip}", {port}))) as s:
+    s.sendall(b"{request}")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+print(data.decode().splitlines()[0])
+"#,
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+        ip = mesh.inbound.ip(),
+        port = mesh.inbound.port(),
+        request = request.replace('\r', "\\r").replace('\n', "\\n"),
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &python])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "python ssl: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

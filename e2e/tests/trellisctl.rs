@@ -22,7 +22,7 @@ fn all_to(subset: &str) -> String {
 fn apply_checks_rules_against_the_mesh_not_the_files_alone() -> Result<()> {
     let (v1, v2) = (Echo::start("reviews", "v1")?, Echo::start("reviews", "v2")?);
     let cp = ControlPlane::start(1, &[])?;
-    let mut proxy = ConnectedProxy::spawn("client", &cp.xds_urls())?;
+    let mut proxy = ConnectedProxy::spawn("client", &cp)?;
     let dir = TempDir::new("trellisctl")?;
     let file = |name: &str, yaml: &str| -> Result<String> {
         let path = dir.path().join(name);
@@ -99,7 +99,14 @@ fn usage_and_connection_errors_say_what_is_wrong() -> Result<()> {
     // An HTTP/1 server where a replica should be.
     let echo = Echo::start("web", "v1")?;
     let addr = format!("127.0.0.1:{}", echo.port());
-    let (ok, _, err) = trellis_e2e::mesh::ctl_at(&addr, &["--timeout", "2s", "get"])?;
+    let pki = TempDir::new("pki")?;
+    trellis_e2e::mesh::pki_init(pki.path())?;
+    let (ok, _, err) = trellis_e2e::mesh::ctl_as(
+        &pki.path().join("ca.pem"),
+        Some(&pki.path().join("admin.token")),
+        &addr,
+        &["--timeout", "2s", "get"],
+    )?;
     assert!(!ok);
     assert!(
         err.contains(&addr) && err.contains("is not a Trellis replica"),

@@ -7,7 +7,8 @@
 #              e2e/kube/install.sh; minutes the first time, cached after)
 #   and, installed with apt (their services kept stopped), what the
 #   capture tests run in network namespaces: iproute2, iptables (nft
-#   backend), redis-server and redis-cli, curl, setpriv (util-linux).
+#   backend), redis-server and redis-cli, curl, setpriv (util-linux); and
+#   openssl (s_client, the OpenSSL peer of the mTLS tests).
 # Safe to run again: a tool already there is kept. Called by .ci/run; run it
 # by hand before `cargo test` on a new machine.
 set -euo pipefail
@@ -55,7 +56,7 @@ fi
 
 missing=()
 for pair in ip:iproute2 iptables-restore:iptables redis-server:redis-server redis-cli:redis-tools \
-        curl:curl setpriv:util-linux; do
+        curl:curl setpriv:util-linux openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -72,11 +72,12 @@ impl App {
             .identity
             .as_ref()
             .map(|_| Arc::new(Identity::new(metrics.clone())));
-        if let (Some(settings), Some(identity), DiscoveryConfig::Remote { urls, .. }) =
+        if let (Some(settings), Some(identity), DiscoveryConfig::Remote { urls, tls, .. }) =
             (&self.config.identity, &identity, &self.config.discovery)
         {
             let certifier = Certifier {
                 urls: urls.clone(),
+                tls: tls.clone(),
                 token: settings.token.clone(),
                 namespace: self.config.node.namespace.clone(),
                 service_account: settings.service_account.clone(),
@@ -103,8 +104,19 @@ impl App {
                 );
                 tasks.spawn(source.run(rx.clone()));
             }
-            DiscoveryConfig::Remote { urls, state_dir } => {
-                let source = Remote::new(urls.clone(), state_dir.clone(), store.clone(), node, env);
+            DiscoveryConfig::Remote {
+                urls,
+                state_dir,
+                tls,
+            } => {
+                let source = Remote::new(
+                    urls.clone(),
+                    tls.clone(),
+                    state_dir.clone(),
+                    store.clone(),
+                    node,
+                    env,
+                );
                 tasks.spawn(source.run(rx.clone()));
             }
         }

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use trellis_api::tls::channel;
 
 /// `trellis-proxy` flags (each also read from a `TRELLIS_*` variable).
 #[derive(Parser, Debug, Clone)]
@@ -19,6 +21,11 @@ pub struct Args {
     /// URL), comma-separated; the proxy moves to the next when one fails.
     #[arg(long, env = "TRELLIS_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
+    /// Connected mode: the mesh's root certificate(s), PEM, that the
+    /// replicas' certificates must chain to (`trellisctl trust-bundle`; in
+    /// Kubernetes the `trellis-ca-root-cert` ConfigMap).
+    #[arg(long, env = "TRELLIS_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
     /// Connected mode: where the last accepted config is kept, so a restart
     /// serves it before any control plane answers.
     #[arg(long, env = "TRELLIS_STATE_DIR")]
@@ -90,6 +97,10 @@ pub struct Args {
     /// Labels of this workload, `k=v,k2=v2` (matched by `sourceLabels`).
     #[arg(long, env = "TRELLIS_LABELS", default_value = "")]
     pub labels: String,
+    /// Labels from a file of `key="value"` lines, as the Kubernetes
+    /// downward API writes `metadata.labels` (--labels adds to them).
+    #[arg(long, env = "TRELLIS_LABELS_FILE")]
+    pub labels_file: Option<PathBuf>,
     /// How often the static config file is checked for changes.
     #[arg(long, env = "TRELLIS_WATCH_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
     pub watch_interval: Duration,
@@ -109,6 +120,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     trellis_crds::duration::parse_duration(s)
 }
 
+/// TLS to the control plane: replicas' certificates must chain to the
+/// `--trust-bundle`.
+fn control_plane_tls(bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    let path = bundle.ok_or(ConfigError::NoTrustBundle)?;
+    let roots = channel::load_bundle(path).map_err(ConfigError::TrustBundle)?;
+    channel::client_config(&roots, None).map_err(ConfigError::TrustBundle)
+}
+
 /// Why the flags do not make a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -116,10 +135,16 @@ pub enum ConfigError {
     NoSource,
     #[error("--labels: {0:?} is not k=v")]
     BadLabel(String),
+    #[error("--labels-file {0}: {1}")]
+    LabelsFile(PathBuf, String),
     #[error("token file {0}: {1}")]
     TokenFile(PathBuf, String),
     #[error("a bootstrap token needs --control-plane (the CA that signs the certificate)")]
     TokenWithoutControlPlane,
+    #[error("--control-plane needs --trust-bundle FILE (the mesh root the replicas' certificates chain to; `trellisctl trust-bundle` prints it)")]
+    NoTrustBundle,
+    #[error("--trust-bundle {0}")]
+    TrustBundle(String),
 }
 
 /// The whole proxy configuration.
@@ -229,10 +254,12 @@ pub struct AdminConfig {
 pub enum DiscoveryConfig {
     /// A YAML file of rules and ServiceEntries, polled every `interval`.
     Static { path: PathBuf, interval: Duration },
-    /// The control-plane stream: replicas' URLs, and where to persist.
+    /// The control-plane stream: replicas' URLs, where to persist, and
+    /// the TLS that verifies the replicas.
     Remote {
         urls: Vec<String>,
         state_dir: Option<PathBuf>,
+        tls: Arc<rustls::ClientConfig>,
     },
 }
 
@@ -259,10 +286,20 @@ impl Config {
                     })
                     .collect(),
                 state_dir: args.state_dir,
+                tls: control_plane_tls(args.trust_bundle.as_deref())?,
             },
             None => return Err(ConfigError::NoSource),
         };
-        let labels = parse_labels(&args.labels)?;
+        let mut labels = match &args.labels_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::LabelsFile(path.clone(), e.to_string()))?;
+                parse_downward_labels(&text)
+                    .map_err(|e| ConfigError::LabelsFile(path.clone(), e))?
+            }
+            None => BTreeMap::new(),
+        };
+        labels.extend(parse_labels(&args.labels)?);
         let token = match (&args.bootstrap_token, &args.bootstrap_token_file) {
             (Some(token), _) => Some(token.trim().to_string()),
             (None, Some(path)) => Some(
@@ -318,6 +355,38 @@ impl Config {
             workers: usize::from(args.workers),
         })
     }
+}
+
+/// `key="value"` lines (Go-quoted values), as the downward API writes them.
+fn parse_downward_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("line {}: {line:?} is not key=\"value\"", n + 1);
+        let (key, quoted) = line.split_once('=').ok_or_else(bad)?;
+        let inner = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .ok_or_else(bad)?;
+        let mut value = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some('t') => value.push('\t'),
+                    Some(other) => value.push(other),
+                    None => return Err(bad()),
+                }
+            } else {
+                value.push(c);
+            }
+        }
+        labels.insert(key.trim().to_string(), value);
+    }
+    Ok(labels)
 }
 
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -377,17 +446,46 @@ mod tests {
 
     #[test]
     fn connected_mode_takes_every_replica() {
-        let c = Config::build(args(&[
+        let flags = [
             "--control-plane",
             "127.0.0.1:15010, https://cp-1:15010",
             "--state-dir",
             "/var/lib/trellis",
-        ]))
-        .expect("valid");
-        let DiscoveryConfig::Remote { urls, state_dir } = c.discovery else {
+        ];
+        assert!(matches!(
+            Config::build(args(&flags)),
+            Err(ConfigError::NoTrustBundle)
+        ));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).expect("root");
+        let bundle = std::env::temp_dir().join(format!("bundle-{}.pem", std::process::id()));
+        std::fs::write(&bundle, root.pem()).expect("write");
+        let bundle_flag = bundle.display().to_string();
+        let mut with_bundle = flags.to_vec();
+        with_bundle.extend(["--trust-bundle", &bundle_flag]);
+        let c = Config::build(args(&with_bundle)).expect("valid");
+        let _ = std::fs::remove_file(&bundle);
+        let DiscoveryConfig::Remote {
+            urls, state_dir, ..
+        } = c.discovery
+        else {
             panic!("connected mode expected");
         };
         assert_eq!(urls, ["http://127.0.0.1:15010", "https://cp-1:15010"]);
         assert_eq!(state_dir, Some(PathBuf::from("/var/lib/trellis")));
+    }
+
+    #[test]
+    fn downward_api_labels_parse() {
+        let labels = parse_downward_labels(
+            "app=\"reviews\"\npod-template-hash=\"5d8f\"\nnote=\"a \\\"quoted\\\" word\"\n",
+        )
+        .expect("parses");
+        assert_eq!(labels["app"], "reviews");
+        assert_eq!(labels["pod-template-hash"], "5d8f");
+        assert_eq!(labels["note"], "a \"quoted\" word");
+        assert!(parse_downward_labels("app=reviews\n").is_err());
     }
 }

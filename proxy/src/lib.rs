@@ -22,6 +22,7 @@ pub mod layers;
 pub mod metrics;
 pub mod outbound;
 pub mod transport;
+pub mod wait_ready;
 
 pub use app::App;
 pub use config::Config;

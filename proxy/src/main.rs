@@ -1,11 +1,13 @@
 //! `trellis-proxy`: flags -> Config -> App::spawn -> wait for a signal -> drain;
-//! `trellis-proxy init-iptables ...`: the pod's capture rules, then exit.
+//! `trellis-proxy init-iptables ...`: the pod's capture rules, then exit;
+//! `trellis-proxy wait-ready ...`: until the sidecar is ready (postStart).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use trellis_proxy::capture::{run_capture, CaptureArgs};
 use trellis_proxy::config::{Args, Config};
+use trellis_proxy::wait_ready::{wait_ready, WaitArgs};
 use trellis_proxy::App;
 
 fn main() -> ExitCode {
@@ -29,6 +31,19 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("trellis-proxy init-iptables: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "wait-ready")
+    {
+        let args = WaitArgs::parse_from(std::env::args_os().skip(1));
+        return match wait_ready(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis-proxy wait-ready: {e}");
                 ExitCode::FAILURE
             }
         };

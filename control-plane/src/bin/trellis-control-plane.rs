@@ -8,10 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use trellis_control_plane::ca::load_root;
 use trellis_control_plane::ca::review::TokenReviewer;
 use trellis_control_plane::ca::service::IdentityConfig;
 use trellis_control_plane::ca::tokens::Tokens;
-use trellis_control_plane::server::{start, Kubernetes, ServerConfig};
+use trellis_control_plane::inject::webhook::{form_of, Webhook};
+use trellis_control_plane::inject::InjectSettings;
+use trellis_control_plane::operator::OperatorTokens;
+use trellis_control_plane::server::{start, Kubernetes, ServerConfig, WebhookConfig};
 
 /// Flags (each also read from a `TRELLIS_*` variable).
 #[derive(Parser, Debug)]
@@ -61,12 +65,18 @@ struct Args {
     /// SPIFFE trust domain of the mesh's identities.
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// Root CA certificate (PEM) to use instead of a generated one; with --ca-key.
-    #[arg(long, env = "TRELLIS_CA_CERT", requires = "ca_key")]
-    ca_cert: Option<PathBuf>,
-    /// Root CA private key (PEM); with --ca-cert.
-    #[arg(long, env = "TRELLIS_CA_KEY", requires = "ca_cert")]
-    ca_key: Option<PathBuf>,
+    /// The mesh's root CA certificate (PEM), the same on every replica
+    /// (`trellisctl pki init` writes one). It signs workload certificates
+    /// and each replica's own TLS certificate.
+    #[arg(long, env = "TRELLIS_CA_CERT")]
+    ca_cert: PathBuf,
+    /// The root CA's private key (PEM); keep it mode 0600.
+    #[arg(long, env = "TRELLIS_CA_KEY")]
+    ca_key: PathBuf,
+    /// Operator API access: one `TOKEN read|write` per line; `trellisctl`
+    /// presents one. Without it only replicas may call the operator API.
+    #[arg(long, env = "TRELLIS_OPERATOR_TOKENS")]
+    operator_tokens: Option<PathBuf>,
     /// Bootstrap tokens proxies present to get certificates: one
     /// `TOKEN IDENTITY` per line (`ns/sa`, `ns/*` or `*`). Without it no
     /// workload certificate is signed.
@@ -95,6 +105,29 @@ struct Args {
     /// How often the leader refreshes `status.applied` of rule resources.
     #[arg(long, env = "TRELLIS_STATUS_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     status_interval: Duration,
+    /// With --kubernetes: where the sidecar-injection webhook listens
+    /// (HTTPS, `POST /inject`); none without it.
+    #[arg(long, env = "TRELLIS_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// The DNS names the apiserver calls the webhook by (its certificate's).
+    #[arg(
+        long,
+        env = "TRELLIS_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "trellis-control-plane.trellis-system.svc"
+    )]
+    webhook_dns_names: Vec<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps
+    /// equal to the mesh root.
+    #[arg(
+        long,
+        env = "TRELLIS_WEBHOOK_CONFIG",
+        default_value = "trellis-sidecar-injector"
+    )]
+    webhook_config: String,
+    /// What the webhook injects.
+    #[command(flatten)]
+    inject: InjectSettings,
     /// Log entries kept behind a snapshot for lagging peers.
     #[arg(long, env = "TRELLIS_KEEP_LOGS", default_value_t = 200)]
     keep_logs: u64,
@@ -128,15 +161,24 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let tokens = match &args.bootstrap_tokens {
-        Some(path) => match Tokens::load(path) {
-            Ok(tokens) => tokens,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Tokens::default(),
+    let loaded = (|| {
+        let tokens = match &args.bootstrap_tokens {
+            Some(path) => Tokens::load(path)?,
+            None => Tokens::default(),
+        };
+        let operators = match &args.operator_tokens {
+            Some(path) => OperatorTokens::load(path)?,
+            None => OperatorTokens::default(),
+        };
+        let root = load_root(&args.ca_cert, &args.ca_key, &args.trust_domain)?;
+        Ok::<_, String>((tokens, operators, root))
+    })();
+    let (tokens, operators, root) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let mut config = ServerConfig {
         node_id: args.node_id,
@@ -152,10 +194,8 @@ fn main() -> ExitCode {
         election_timeout: args.election_timeout,
         snapshot_after: args.snapshot_after,
         keep_logs: args.keep_logs,
-        ca: trellis_control_plane::ca::CaSource {
-            trust_domain: args.trust_domain,
-            files: args.ca_cert.zip(args.ca_key),
-        },
+        ca: root,
+        operator_tokens: Arc::new(operators),
         identity: IdentityConfig {
             tokens: Arc::new(tokens),
             reviewer: None,
@@ -190,9 +230,31 @@ fn main() -> ExitCode {
                 client: client.clone(),
                 audience: args.token_audience,
             });
+            let webhook = match args.webhook_addr {
+                Some(addr) => {
+                    let form = match form_of(&client).await {
+                        Ok(form) => form,
+                        Err(e) => {
+                            tracing::error!("--kubernetes: the apiserver's version: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    Some(WebhookConfig {
+                        addr,
+                        dns_names: args.webhook_dns_names.clone(),
+                        config_name: args.webhook_config.clone(),
+                        webhook: Webhook {
+                            settings: args.inject.clone(),
+                            form,
+                        },
+                    })
+                }
+                None => None,
+            };
             config.kubernetes = Some(Kubernetes {
                 client,
                 status_interval: args.status_interval,
+                webhook,
             });
         }
         let running = match start(config).await {

@@ -1,8 +1,9 @@
-//! The mesh's certificate authority: a root certificate and key kept in the
-//! replicated state, so every replica can sign and a new leader keeps the
-//! same root. The first leader generates it (rcgen) unless `--ca-cert` and
-//! `--ca-key` name files to use instead (as Helm mounts a Secret).
-//! `trellisctl trust-bundle` prints the root certificate.
+//! The mesh's certificate authority: a root certificate and key every
+//! replica is given as files (`--ca-cert`, `--ca-key`: the Secret Helm
+//! mounts, or what `trellisctl pki init` wrote), which also sign the
+//! replicas' own TLS certificates ([`sign::replica_certificate`]). The
+//! leader keeps the root in the replicated state, where the trust bundle
+//! proxies receive comes from; `trellisctl trust-bundle` prints it.
 //!
 //! Proxies' CSRs are signed by [`service::IdentityService`] ([`sign`]),
 //! authenticated by [`tokens`].
@@ -12,7 +13,8 @@ pub mod service;
 pub mod sign;
 pub mod tokens;
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +58,15 @@ fn current_year() -> i32 {
 }
 
 /// A root given as files: the key must parse and the certificate must be PEM.
-pub fn load_root(cert: &PathBuf, key: &PathBuf, trust_domain: &str) -> Result<CaRecord, String> {
+pub fn load_root(cert: &Path, key: &Path, trust_domain: &str) -> Result<CaRecord, String> {
+    if let Ok(meta) = std::fs::metadata(key) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                key = %key.display(),
+                "the CA key file is readable by other users (chmod 600 it)"
+            );
+        }
+    }
     let cert_pem =
         std::fs::read_to_string(cert).map_err(|e| format!("--ca-cert {}: {e}", cert.display()))?;
     let key_pem =
@@ -75,27 +85,10 @@ pub fn load_root(cert: &PathBuf, key: &PathBuf, trust_domain: &str) -> Result<Ca
     })
 }
 
-/// Where the root comes from.
-#[derive(Clone, Debug)]
-pub struct CaSource {
-    pub trust_domain: String,
-    /// `--ca-cert` and `--ca-key`; generated when absent.
-    pub files: Option<(PathBuf, PathBuf)>,
-}
-
-/// On the leader: makes sure the state holds the root (the files' when
-/// given, else a generated one). Runs until `shutdown`.
-pub async fn run(replica: Arc<Replica>, source: CaSource, mut shutdown: watch::Receiver<bool>) {
-    let from_files = match &source.files {
-        Some((cert, key)) => match load_root(cert, key, &source.trust_domain) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                tracing::error!("{e}; the CA is not set from files");
-                None
-            }
-        },
-        None => None,
-    };
+/// On the leader: makes sure the replicated state holds `root` (the mesh
+/// root every replica is given as files, `--ca-cert` and `--ca-key`).
+/// Runs until `shutdown`.
+pub async fn run(replica: Arc<Replica>, root: CaRecord, mut shutdown: watch::Receiver<bool>) {
     // Woken when leadership changes (Raft's metrics, not polled); a
     // proposal that found no quorum is tried again after a pause.
     let mut changes = replica.raft.metrics();
@@ -104,18 +97,7 @@ pub async fn run(replica: Arc<Replica>, source: CaSource, mut shutdown: watch::R
         let mut retry = false;
         if replica.is_leader() && replica.linearize().await.is_ok() {
             let current = replica.sm.read(|a| a.state.ca().cloned());
-            let wanted = match (&from_files, current) {
-                (Some(files), Some(current)) if *files == current => None,
-                (Some(files), _) => Some(files.clone()),
-                (None, Some(_)) => None,
-                (None, None) => match generate_root(&source.trust_domain) {
-                    Ok(record) => Some(record),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot generate the root CA");
-                        None
-                    }
-                },
-            };
+            let wanted = (current.as_ref() != Some(&root)).then(|| root.clone());
             if let Some(ca) = wanted {
                 match replica.propose(MeshCommand::SetCa { ca }).await {
                     Ok((index, _)) => {

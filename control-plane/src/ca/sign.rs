@@ -47,8 +47,7 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, sa: &str) -> Result<String
     Ok(format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}"))
 }
 
-/// Signs `csr_pem` for `namespace`/`sa`, valid `ttl` from now (one minute
-/// earlier, for clocks slightly behind).
+/// Signs `csr_pem` for `namespace`/`sa`, valid `ttl` from now.
 pub fn sign(
     ca: &CaRecord,
     csr_pem: &str,
@@ -58,14 +57,76 @@ pub fn sign(
 ) -> Result<Signed, SignError> {
     let id = spiffe_id(&ca.trust_domain, namespace, sa)?;
     let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(SignError::Csr)?;
-    let key = KeyPair::from_pem(&ca.key_pem).map_err(SignError::Ca)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, key).map_err(SignError::Ca)?;
+    let cert = leaf_params(spiffe_san(&id)?, ttl)
+        .signed_by(&csr.public_key, &issuer(ca)?)
+        .map_err(SignError::Ca)?;
+    Ok(Signed {
+        cert_pem: cert.pem(),
+        spiffe_id: id,
+    })
+}
 
+/// A certificate and key for control-plane replica `node`
+/// (`spiffe://<td>/trellis/control-plane/<node>`), valid `ttl`: what the
+/// replica presents on its ports and to its peers. PEM (cert, key).
+pub fn replica_certificate(
+    ca: &CaRecord,
+    node: u64,
+    ttl: Duration,
+) -> Result<(String, String), SignError> {
+    let id = trellis_api::tls::channel::control_plane_id(&ca.trust_domain, node);
+    let key = KeyPair::generate().map_err(SignError::Ca)?;
+    let cert = leaf_params(spiffe_san(&id)?, ttl)
+        .signed_by(&key, &issuer(ca)?)
+        .map_err(SignError::Ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A serving certificate for DNS `names` (the injection webhook, which the
+/// apiserver reaches by Service name and checks against the mesh root).
+/// PEM (cert, key).
+pub fn serving_certificate(
+    ca: &CaRecord,
+    names: &[String],
+    ttl: Duration,
+) -> Result<(String, String), SignError> {
+    let key = KeyPair::generate().map_err(SignError::Ca)?;
+    let sans = names
+        .iter()
+        .map(|n| {
+            n.clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e: rcgen::Error| SignError::Identity(format!("{n}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut params = leaf_params(sans, ttl);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .signed_by(&key, &issuer(ca)?)
+        .map_err(SignError::Ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn issuer(ca: &CaRecord) -> Result<Issuer<'static, KeyPair>, SignError> {
+    let key = KeyPair::from_pem(&ca.key_pem).map_err(SignError::Ca)?;
+    Issuer::from_ca_cert_pem(&ca.cert_pem, key).map_err(SignError::Ca)
+}
+
+/// The one URI SAN of a SPIFFE id.
+fn spiffe_san(id: &str) -> Result<Vec<SanType>, SignError> {
+    let uri = id
+        .to_string()
+        .try_into()
+        .map_err(|e: rcgen::Error| SignError::Identity(e.to_string()))?;
+    Ok(vec![SanType::URI(uri)])
+}
+
+/// A leaf for `sans`, server and client use, valid `ttl` from now (one
+/// minute earlier, for clocks slightly behind).
+fn leaf_params(sans: Vec<SanType>, ttl: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.subject_alt_names =
-        vec![SanType::URI(id.clone().try_into().map_err(
-            |e: rcgen::Error| SignError::Identity(e.to_string()),
-        )?)];
+    params.subject_alt_names = sans;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -87,13 +148,7 @@ pub fn sign(
     params.not_after = epoch + now + ttl;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial(now).to_be_bytes()));
     params.use_authority_key_identifier_extension = true;
-    let cert = params
-        .signed_by(&csr.public_key, &issuer)
-        .map_err(SignError::Ca)?;
-    Ok(Signed {
-        cert_pem: cert.pem(),
-        spiffe_id: id,
-    })
+    params
 }
 
 /// A positive 63-bit serial: time and randomness, unique in practice.

@@ -37,19 +37,8 @@ impl Tokens {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut entries = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(token), Some(grant), None) = (fields.next(), fields.next(), fields.next())
-            else {
-                return Err(format!("{}: expected `TOKEN IDENTITY`", n + 1));
-            };
-            if token.len() < 16 {
-                return Err(format!("{}: a token has at least 16 characters", n + 1));
-            }
+        for entry in token_lines(text, "IDENTITY") {
+            let (n, token, grant) = entry?;
             let grant = match grant.split_once('/') {
                 None if grant == "*" => Grant::Any,
                 Some((ns, "*")) if !ns.is_empty() => Grant::Namespace(ns.to_string()),
@@ -59,8 +48,7 @@ impl Tokens {
                 },
                 _ => {
                     return Err(format!(
-                        "{}: identity {grant:?} is not `*`, `NS/*` or `NS/SA`",
-                        n + 1
+                        "{n}: identity {grant:?} is not `*`, `NS/*` or `NS/SA`"
                     ))
                 }
             };
@@ -90,8 +78,35 @@ impl Tokens {
     }
 }
 
-fn hash(token: &str) -> Vec<u8> {
+/// A token as kept in memory (its SHA-256).
+pub(crate) fn hash(token: &str) -> Vec<u8> {
     digest(&SHA256, token.as_bytes()).as_ref().to_vec()
+}
+
+/// The entries of a token file: `(line number, token, value)` for each
+/// `TOKEN VALUE` line (`#` comments, blank lines skipped); an error names
+/// the line. A token has at least 16 characters.
+pub(crate) fn token_lines<'a>(
+    text: &'a str,
+    value: &'static str,
+) -> impl Iterator<Item = Result<(usize, &'a str, &'a str), String>> + 'a {
+    text.lines().enumerate().filter_map(move |(n, line)| {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            return None;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(token), Some(v), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Some(Err(format!("{}: expected `TOKEN {value}`", n + 1)));
+        };
+        if token.len() < 16 {
+            return Some(Err(format!(
+                "{}: a token has at least 16 characters",
+                n + 1
+            )));
+        }
+        Some(Ok((n + 1, token, v)))
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! write transaction commits with redb's default durability (fsync), so
 //! whatever openraft is told is stored survives a crash.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,11 +33,19 @@ impl StoreError {
 
 const FILE: &str = "raft.redb";
 
-/// Opens (or creates) `dir/raft.redb` with its tables.
+/// Opens (or creates) `dir/raft.redb` with its tables. The directory is
+/// made 0700 and the file 0600: the log holds the mesh's CA key.
 pub(super) fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
     let err = StoreError::of(dir);
-    std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::from(e)))?;
+    let io = |e: std::io::Error| err(redb::Error::from(e));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     let db = Database::create(dir.join(FILE)).map_err(|e| err(e.into()))?;
+    std::fs::set_permissions(dir.join(FILE), std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
     txn.open_table(LOGS).map_err(|e| err(e.into()))?;
     txn.open_table(META).map_err(|e| err(e.into()))?;

@@ -1,8 +1,11 @@
-//! Raft RPC over tonic: [`Network`] sends a replica's requests to a peer
-//! (the client side), [`RaftRpc`] answers them (the server side, on
-//! `--raft-addr`). Requests and results travel as openraft's own types in
-//! JSON inside one bytes field, so the wire follows openraft exactly.
+//! Raft RPC over tonic and mutual TLS: [`Network`] sends a replica's
+//! requests to a peer (the client side), [`RaftRpc`] answers them (the
+//! server side, on `--raft-addr`) only for a current member presenting its
+//! own replica certificate. Requests and results travel as openraft's own
+//! types in JSON inside one bytes field, so the wire follows openraft
+//! exactly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -18,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use trellis_api::raft_client::RaftClient;
+use trellis_api::tls::channel::{Connector, Peer};
 use trellis_api::RaftPayload;
 
 use super::{NodeId, TypeConfig};
@@ -25,17 +29,22 @@ use super::{NodeId, TypeConfig};
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A lazily connected channel to `addr` (`host:port`).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+/// A lazily connected TLS channel to the replica at `addr` (`host:port`).
+pub fn channel(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_with_connector_lazy(Connector::new(tls)))
 }
 
 /// Makes a [`Network`] per peer.
-#[derive(Clone, Debug, Default)]
-pub struct NetworkFactory;
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    /// Presents this replica's certificate, verifies the peer's.
+    pub tls: Arc<rustls::ClientConfig>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
@@ -43,7 +52,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
         Network {
             target,
-            client: channel(&node.addr)
+            client: channel(&node.addr, self.tls.clone())
                 .map(RaftClient::new)
                 .map_err(|e| e.to_string()),
         }
@@ -148,9 +157,48 @@ pub struct RaftRpc {
     pub raft: super::Raft,
 }
 
-fn decode<T: DeserializeOwned>(request: tonic::Request<RaftPayload>) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&request.into_inner().json)
-        .map_err(|e| tonic::Status::invalid_argument(format!("not a raft request: {e}")))
+impl RaftRpc {
+    /// Decodes a peer's request, if the caller may send it: a replica
+    /// certificate whose node is the request's sender (the candidate or
+    /// leader it names) and a member of the group as this replica knows it
+    /// (any replica while this one has no membership yet: it is joining).
+    fn decode<T: DeserializeOwned>(
+        &self,
+        request: tonic::Request<RaftPayload>,
+        sender: impl Fn(&T) -> Option<NodeId>,
+    ) -> Result<T, tonic::Status> {
+        let caller = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(Peer::replica)
+            .ok_or_else(|| {
+                tonic::Status::permission_denied(
+                    "raft: only control-plane replicas (their certificate) may call",
+                )
+            })?;
+        let rpc: T = serde_json::from_slice(&request.into_inner().json)
+            .map_err(|e| tonic::Status::invalid_argument(format!("not a raft request: {e}")))?;
+        if sender(&rpc) != Some(caller) {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft: replica {caller} sent a request in the name of {:?}",
+                sender(&rpc)
+            )));
+        }
+        let metrics = self.raft.metrics();
+        let membership = metrics.borrow().membership_config.clone();
+        let known = membership.membership().nodes().count() > 0;
+        if known && membership.membership().get_node(&caller).is_none() {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft: replica {caller} is not a member"
+            )));
+        }
+        Ok(rpc)
+    }
+}
+
+/// The node a vote names: the candidate, or the leader sending entries.
+fn voter<NID: openraft::NodeId>(vote: &openraft::Vote<NID>) -> Option<NID> {
+    vote.leader_id().voted_for()
 }
 
 fn encode<T: Serialize>(result: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
@@ -165,7 +213,10 @@ impl trellis_api::raft_server::Raft for RaftRpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let result = self.raft.append_entries(decode(request)?).await;
+        let rpc = self.decode(request, |r: &AppendEntriesRequest<TypeConfig>| {
+            voter(&r.vote)
+        })?;
+        let result = self.raft.append_entries(rpc).await;
         encode(&result)
     }
 
@@ -173,7 +224,8 @@ impl trellis_api::raft_server::Raft for RaftRpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let result = self.raft.vote(decode(request)?).await;
+        let rpc = self.decode(request, |r: &VoteRequest<NodeId>| voter(&r.vote))?;
+        let result = self.raft.vote(rpc).await;
         encode(&result)
     }
 
@@ -181,7 +233,10 @@ impl trellis_api::raft_server::Raft for RaftRpc {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let result = self.raft.install_snapshot(decode(request)?).await;
+        let rpc = self.decode(request, |r: &InstallSnapshotRequest<TypeConfig>| {
+            voter(&r.vote)
+        })?;
+        let result = self.raft.install_snapshot(rpc).await;
         encode(&result)
     }
 }

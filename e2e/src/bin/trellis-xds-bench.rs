@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::sync::mpsc;
 use trellis_api as api;
-use trellis_api::mesh_control_client::MeshControlClient;
 use trellis_api::mesh_discovery_client::MeshDiscoveryClient;
+use trellis_api::tls::channel::{client_config, load_bundle, Connector};
+use trellis_control_plane::operator::{client, Bearer, OperatorClient};
 use trellis_control_plane::raft::network::channel;
 
 #[derive(Parser, Debug)]
@@ -28,19 +29,27 @@ struct Args {
     streams: usize,
     #[arg(long, default_value_t = 20)]
     rounds: usize,
+    /// The mesh root the replicas' certificates chain to.
+    #[arg(long)]
+    trust_bundle: std::path::PathBuf,
+    /// An operator token that may write.
+    #[arg(long)]
+    token_file: std::path::PathBuf,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let roots = load_bundle(&args.trust_bundle).map_err(anyhow::Error::msg)?;
+    let tls = client_config(&roots, None).map_err(anyhow::Error::msg)?;
     // (version, when a stream had ACKed it), every push of every stream.
     let samples: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let connected = Arc::new(tokio::sync::Semaphore::new(0));
     for i in 0..args.streams {
         let xds = args.xds[i % args.xds.len()].clone();
-        let (samples, connected) = (samples.clone(), connected.clone());
+        let (samples, connected, tls) = (samples.clone(), connected.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = stream(i, &xds, samples, connected).await {
+            if let Err(e) = stream(i, &xds, tls, samples, connected).await {
                 eprintln!("stream {i}: {e:#}");
             }
         });
@@ -52,7 +61,9 @@ async fn main() -> Result<()> {
         .context("streams did not all connect within 60 s")??
         .forget();
 
-    let mut control = MeshControlClient::new(channel(&args.servers[0])?);
+    let token = std::fs::read_to_string(&args.token_file)?;
+    let bearer = Bearer::new(Some(&token)).map_err(anyhow::Error::msg)?;
+    let mut control = client(channel(&args.servers[0], tls)?, bearer);
     let mut to_last_ack = Vec::new();
     let mut all = Vec::new();
     for round in 0..args.rounds {
@@ -108,10 +119,7 @@ async fn main() -> Result<()> {
 }
 
 /// One write (a ServiceEntry whose port changes each round); its version.
-async fn write(
-    control: &mut MeshControlClient<tonic::transport::Channel>,
-    round: usize,
-) -> Result<u64> {
+async fn write(control: &mut OperatorClient, round: usize) -> Result<u64> {
     let document = serde_json::json!({
         "apiVersion": "networking.trellis.io/v1",
         "kind": "ServiceEntry",
@@ -145,11 +153,12 @@ async fn write(
 async fn stream(
     i: usize,
     xds: &str,
+    tls: Arc<rustls::ClientConfig>,
     samples: Arc<Mutex<Vec<(u64, Instant)>>>,
     connected: Arc<tokio::sync::Semaphore>,
 ) -> Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?
-        .connect()
+        .connect_with_connector(Connector::new(tls))
         .await?;
     let (tx, rx) = mpsc::channel(4);
     tx.send(api::DiscoveryRequest {

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 use trellis_api as api;
 use trellis_api::mesh_discovery_client::MeshDiscoveryClient;
+use trellis_api::tls::channel::{describe, Connector};
 
 use super::{ConfigStore, Env};
 use crate::config::NodeConfig;
@@ -27,6 +28,8 @@ const STATE_FILE: &str = "config.pb";
 #[derive(Debug)]
 pub struct Remote {
     urls: Vec<String>,
+    /// TLS that verifies the replica (`--trust-bundle`).
+    tls: Arc<rustls::ClientConfig>,
     state_dir: Option<PathBuf>,
     store: Arc<ConfigStore>,
     node: NodeConfig,
@@ -41,6 +44,7 @@ pub struct Remote {
 impl Remote {
     pub fn new(
         urls: Vec<String>,
+        tls: Arc<rustls::ClientConfig>,
         state_dir: Option<PathBuf>,
         store: Arc<ConfigStore>,
         node: NodeConfig,
@@ -48,6 +52,7 @@ impl Remote {
     ) -> Self {
         Self {
             urls,
+            tls,
             state_dir,
             store,
             node,
@@ -103,12 +108,11 @@ impl Remote {
         let channel = Endpoint::from_shared(url.to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3))
-            .connect()
+            .connect_with_connector(Connector::new(self.tls.clone()))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| format!("connect: {}", describe(&e)))?;
         let (tx, rx) = mpsc::channel(4);
         let hello = api::DiscoveryRequest {
             node: Some(api::Node {

@@ -11,6 +11,7 @@ use rcgen::{CertificateParams, KeyPair};
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
 use trellis_api as api;
+use trellis_api::tls::channel::{describe, Connector};
 
 use super::{Credentials, Identity};
 use crate::config::Credential;
@@ -24,6 +25,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Certifier {
     /// Control-plane replicas (`--control-plane`).
     pub urls: Vec<String>,
+    /// TLS that verifies the replica (`--trust-bundle`).
+    pub tls: Arc<rustls::ClientConfig>,
     /// The bootstrap or service-account token.
     pub token: Credential,
     pub namespace: String,
@@ -103,9 +106,9 @@ impl Certifier {
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
-            .connect()
+            .connect_with_connector(Connector::new(self.tls.clone()))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| format!("connect: {}", describe(&e)))?;
         let mut request = tonic::Request::new(api::SignRequest {
             csr_pem: csr.to_string(),
             namespace: self.namespace.clone(),

@@ -5,8 +5,7 @@
 //! [`Credentials`] atomically: new connections use it, open ones go on.
 
 pub mod certify;
-pub mod spiffe;
-pub mod verify;
+pub use trellis_api::tls::{spiffe, verify};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

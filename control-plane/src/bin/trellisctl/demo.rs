@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_api as api;
 
 use crate::apply::{changes, load};
+use crate::pki::Secrets;
 use crate::remote::Server;
 
 /// `examples/demo/`, built into the binary so the demo runs wherever it is installed.
@@ -84,6 +85,20 @@ fn built_in_rules() -> Result<trellis_crds::RuleSet, ExitCode> {
 struct Env {
     bin_dir: PathBuf,
     dir: PathBuf,
+    /// The root CA and operator tokens the replicas start from.
+    secrets: Secrets,
+}
+
+impl Env {
+    /// A client of the replicas at `servers`, as the operator.
+    fn server(&self, servers: Vec<String>, timeout: Duration) -> Server {
+        Server::new(
+            servers,
+            timeout,
+            self.secrets.ca_cert.clone(),
+            self.secrets.admin_token.clone(),
+        )
+    }
 }
 
 impl Env {
@@ -142,6 +157,12 @@ impl Demo {
             r.admin.to_string(),
             "--peers".into(),
             peers.join(","),
+            "--ca-cert".into(),
+            self.env.secrets.ca_cert.display().to_string(),
+            "--ca-key".into(),
+            self.env.secrets.ca_key.display().to_string(),
+            "--operator-tokens".into(),
+            self.env.secrets.operator_tokens.display().to_string(),
         ];
         let log = format!("replica-{}.{}.log", r.id, self.starts);
         let process = self.env.spawn("trellis-control-plane", &log, &args)?;
@@ -152,15 +173,17 @@ impl Demo {
     /// The leader and the config version, as the running replicas say.
     async fn leader(&self) -> Option<(u64, u64)> {
         for r in self.replicas.iter().filter(|r| r.process.is_some()) {
-            let Ok(channel) = trellis_control_plane::raft::network::channel(&r.raft.to_string())
-            else {
-                continue;
-            };
-            let mut client = api::mesh_control_client::MeshControlClient::new(channel);
-            let mut request = tonic::Request::new(api::StatusRequest {});
-            request.set_timeout(Duration::from_millis(500));
-            if let Ok(s) = client.status(request).await {
-                let s = s.into_inner();
+            let one = self
+                .env
+                .server(vec![r.raft.to_string()], Duration::from_millis(500));
+            let status = one
+                .call(|mut c| async move {
+                    let mut request = tonic::Request::new(api::StatusRequest {});
+                    request.set_timeout(Duration::from_millis(500));
+                    c.status(request).await
+                })
+                .await;
+            if let Ok(s) = status {
                 if s.role == "Leader" {
                     return Some((s.node_id, s.config_version));
                 }
@@ -257,7 +280,13 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("{rules_name} does not load"))?;
     let dir = std::env::temp_dir().join(format!("trellis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let env = Env { bin_dir, dir };
+    let secrets =
+        crate::pki::init(&dir.join("pki"), "cluster.local").map_err(anyhow::Error::msg)?;
+    let env = Env {
+        bin_dir,
+        dir,
+        secrets,
+    };
 
     out!("Trellis demo: 3 control-plane replicas, reviews v1/v2 with sidecars, a client sidecar");
     out!("  logs and data in {}", env.dir.display());
@@ -290,7 +319,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             process: None,
         });
     }
-    let server = Server::new(
+    let server = env.server(
         replicas.iter().map(|r| r.raft.to_string()).collect(),
         Duration::from_secs(10),
     );
@@ -342,6 +371,8 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         let mut args = vec![
             "--control-plane".to_string(),
             order.map(|i| urls[i].as_str()).join(","),
+            "--trust-bundle".into(),
+            demo.env.secrets.ca_cert.display().to_string(),
             "--node-id".into(),
             name.into(),
             "--service".into(),
@@ -525,7 +556,9 @@ async fn demo(args: &DemoArgs) -> Result<()> {
 /// `acked/connected` proxies across the replicas.
 async fn proxies_acked(demo: &Demo) -> String {
     let request = api::ProxyStatusRequest { local_only: false };
-    let short = Server::new(demo.server_list(), Duration::from_millis(500));
+    let short = demo
+        .env
+        .server(demo.server_list(), Duration::from_millis(500));
     match short
         .call(|mut c| async move { c.proxy_status(request).await })
         .await

@@ -1,5 +1,6 @@
-//! `trellisctl`: the Trellis command line. `validate` works offline; the
-//! other commands talk to any control-plane replica (`--server`).
+//! `trellisctl`: the Trellis command line. `validate`, `inject` and `pki`
+//! work offline; the other commands talk to any control-plane replica
+//! (`--server`) over TLS, with an operator token.
 
 /// `println!` that ends the process quietly when stdout is gone
 /// (`trellisctl get | head`) instead of panicking.
@@ -14,6 +15,8 @@ macro_rules! out {
 
 mod apply;
 mod demo;
+mod inject;
+mod pki;
 mod remote;
 mod validate;
 mod wait;
@@ -52,14 +55,21 @@ enum Command {
     Wait(wait::WaitArgs),
     /// Print the mesh's root certificate (PEM), as the replica at --server has it.
     TrustBundle,
+    /// Add the sidecar to the pods of YAML files, as the webhook does; print the result.
+    Inject(inject::InjectArgs),
+    /// Create the secrets a control plane starts from: root CA, operator tokens.
+    Pki(pki::PkiArgs),
     /// A whole mesh on this machine: 3 replicas, sidecars, backends, live traffic.
     Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Validate(args) = &cli.command {
-        return validate::run(args);
+    match &cli.command {
+        Command::Validate(args) => return validate::run(args),
+        Command::Pki(args) => return pki::run(args),
+        Command::Inject(args) => return inject::run(args),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,7 +84,9 @@ fn main() -> ExitCode {
     let server = &cli.server;
     runtime.block_on(async {
         match &cli.command {
-            Command::Validate(_) => unreachable!("handled above"),
+            Command::Validate(_) | Command::Pki(_) | Command::Inject(_) => {
+                unreachable!("handled above")
+            }
             Command::Apply(args) => apply::apply(server, args).await,
             Command::Delete(args) => apply::delete(server, args).await,
             Command::Get(args) => remote::get(server, args).await,

@@ -4,10 +4,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
 use tonic::{Code, Status};
 use trellis_api as api;
-use trellis_api::mesh_control_client::MeshControlClient;
+use trellis_api::tls::channel::{client_config, load_bundle};
+use trellis_control_plane::operator::{self, Bearer, OperatorClient};
 use trellis_control_plane::push::registry::record_json;
 use trellis_control_plane::raft::network::channel;
 
@@ -26,15 +29,63 @@ pub struct Server {
     /// How long to keep retrying while no replica can take the request.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// The mesh's root certificate (PEM) the replicas' certificates must
+    /// chain to (`ca.pem` of `trellisctl pki init`).
+    #[arg(long, global = true, env = "TRELLIS_TRUST_BUNDLE")]
+    trust_bundle: Option<PathBuf>,
+    /// A file holding an operator token (`read` or `write`, as the
+    /// replicas' --operator-tokens say); or the TRELLIS_TOKEN variable.
+    #[arg(long, global = true, env = "TRELLIS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// TLS and token, built on first use.
+    #[arg(skip)]
+    access: OnceLock<(Arc<rustls::ClientConfig>, Bearer)>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     trellis_crds::duration::parse_duration(s)
 }
 
+/// How long one replica may take to answer before the next is asked.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Server {
-    pub fn new(server: Vec<String>, timeout: Duration) -> Self {
-        Self { server, timeout }
+    pub fn new(
+        server: Vec<String>,
+        timeout: Duration,
+        trust_bundle: PathBuf,
+        token_file: PathBuf,
+    ) -> Self {
+        Self {
+            server,
+            timeout,
+            trust_bundle: Some(trust_bundle),
+            token_file: Some(token_file),
+            access: OnceLock::new(),
+        }
+    }
+
+    /// The TLS config and token every call uses.
+    fn access(&self) -> Result<(Arc<rustls::ClientConfig>, Bearer), Status> {
+        if let Some(access) = self.access.get() {
+            return Ok(access.clone());
+        }
+        let bundle = self.trust_bundle.as_ref().ok_or_else(|| {
+            Status::invalid_argument(
+                "--trust-bundle FILE (or TRELLIS_TRUST_BUNDLE) is needed: the mesh root the replicas' certificates chain to",
+            )
+        })?;
+        let tls = load_bundle(bundle)
+            .and_then(|roots| client_config(&roots, None))
+            .map_err(|e| Status::invalid_argument(format!("--trust-bundle {e}")))?;
+        let token = match &self.token_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Status::invalid_argument(format!("--token-file {}: {e}", path.display()))
+            })?),
+            None => std::env::var("TRELLIS_TOKEN").ok(),
+        };
+        let bearer = Bearer::new(token.as_deref()).map_err(Status::invalid_argument)?;
+        Ok(self.access.get_or_init(|| (tls, bearer)).clone())
     }
 
     /// `--timeout`.
@@ -47,16 +98,35 @@ impl Server {
     /// replica down), up to `--timeout`.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(MeshControlClient<Channel>) -> Fut,
+        F: FnMut(OperatorClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let (tls, bearer) = self.access()?;
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0usize;
         loop {
             let addr = &self.server[attempt % self.server.len()];
             attempt += 1;
-            let result = match channel(addr) {
-                Ok(c) => call(MeshControlClient::new(c)).await,
+            // A replica that accepts connections but never answers (frozen,
+            // overloaded) holds one attempt, not the whole --timeout, while
+            // there is another replica to ask.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let budget = if self.server.len() > 1 {
+                left.min(ATTEMPT_TIMEOUT)
+            } else {
+                left
+            };
+            let result = match channel(addr, tls.clone()) {
+                Ok(c) => {
+                    match tokio::time::timeout(budget, call(operator::client(c, bearer.clone())))
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "no answer within {budget:?}"
+                        ))),
+                    }
+                }
                 Err(e) => Err(Status::invalid_argument(format!("--server {addr}: {e}"))),
             };
             match result {
@@ -83,13 +153,21 @@ impl Server {
     }
 }
 
-/// The peer answered, but not as a Trellis replica does (HTTP/1, another
-/// gRPC server): retrying will not help.
+/// The peer answered, but not as a Trellis replica does (plaintext HTTP/1,
+/// another gRPC server, a certificate the trust bundle does not vouch
+/// for): retrying will not help.
 fn foreign(s: &Status) -> bool {
     s.code() == Code::Unimplemented
-        || causes(s)
-            .iter()
-            .any(|c| c.contains("protocol error") || c.contains("invalid"))
+        || causes(s).iter().any(|c| {
+            c.contains("protocol error") || c.contains("invalid") || c.contains("corrupt message")
+        })
+}
+
+/// The TLS handshake failed on the replica's certificate.
+fn untrusted(s: &Status) -> bool {
+    causes(s)
+        .iter()
+        .any(|c| c.contains("invalid peer certificate"))
 }
 
 /// The status's message and each of its causes.
@@ -115,7 +193,9 @@ fn explain(addr: &str, s: Status) -> Status {
             };
         }
     }
-    let message = if foreign(&s) {
+    let message = if untrusted(&s) {
+        format!("{addr}: its certificate is not a replica's of this mesh ({detail}); check --trust-bundle")
+    } else if foreign(&s) {
         format!("{addr} is not a Trellis replica ({detail}); --server takes replicas' --raft-addr")
     } else if s.code() == Code::Unavailable && detail.contains("connect") {
         format!("cannot reach a replica at {addr}: {detail}")

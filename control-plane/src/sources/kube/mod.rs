@@ -8,8 +8,10 @@
 //! one stays) and its status says why. Because each pass compares whole
 //! states, a relist (410 Gone, a dropped watch, an apiserver restart) or a
 //! new leader loses and repeats nothing. Replicas serve proxies from Raft
-//! alone.
+//! alone. The leader also publishes the mesh root in every namespace
+//! ([`root_cert`]).
 
+pub mod root_cert;
 pub mod status;
 pub mod translate;
 
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -26,8 +28,10 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use self::root_cert::Publisher;
 use self::status::Verdict;
 use crate::control::all_proxies;
+use crate::inject::webhook::keep_ca_bundle;
 use crate::push::applied::applied;
 use crate::replica::{Replica, WriteError};
 use crate::state::resources::{admit, diff, Refused};
@@ -64,6 +68,9 @@ pub struct KubeSource {
     pub replica: Arc<Replica>,
     /// How often the leader refreshes `status.applied`.
     pub status_interval: Duration,
+    /// The injection webhook's MutatingWebhookConfiguration, whose
+    /// caBundle the leader keeps equal to the mesh root.
+    pub webhook_config: Option<String>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -173,6 +180,17 @@ impl KubeSource {
         let _ = stores.services.wait_until_ready().await;
         let _ = stores.pods.wait_until_ready().await;
         let _ = stores.slices.wait_until_ready().await;
+        let namespaces = follow(
+            &mut tasks,
+            Api::<Namespace>::all(self.client.clone()),
+            (),
+            &changed,
+        );
+        let _ = namespaces.wait_until_ready().await;
+        let mut root_cert = Publisher::default();
+        // The root the webhook configuration was last seen to trust, and
+        // when (checked again every 30 s: a reinstall may reset it).
+        let mut bundle_kept: Option<(String, std::time::Instant)> = None;
         tracing::info!("Kubernetes state listed");
 
         let mut evaluated = Vec::new();
@@ -190,6 +208,29 @@ impl KubeSource {
                 dirty = !synced;
             }
             self.write_status(&evaluated, &refused).await;
+            let root = self
+                .replica
+                .sm
+                .read(|a| a.state.ca().map(|ca| ca.cert_pem.clone()));
+            if let Some(root) = root {
+                root_cert.publish(&self.client, &namespaces, &root).await;
+                if let Some(name) = &self.webhook_config {
+                    let fresh = bundle_kept.as_ref().is_some_and(|(pem, at)| {
+                        *pem == root && at.elapsed() < Duration::from_secs(30)
+                    });
+                    if !fresh {
+                        match keep_ca_bundle(&self.client, name, &root).await {
+                            Ok(true) => {
+                                bundle_kept = Some((root.clone(), std::time::Instant::now()))
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(name, error = %e, "cannot set the webhook's caBundle")
+                            }
+                        }
+                    }
+                }
+            }
             tokio::select! {
                 _ = changed.notified() => {
                     // Let a burst of events land before comparing.

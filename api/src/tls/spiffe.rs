@@ -1,4 +1,4 @@
-//! SPIFFE ids in workload certificates: `spiffe://<trust-domain>/<path>`,
+//! SPIFFE ids in workload (and control-plane) certificates: `spiffe://<trust-domain>/<path>`,
 //! read from a certificate that must carry exactly one URI SAN and must not
 //! be a CA.
 
@@ -18,6 +18,8 @@ pub enum IdentityError {
     UriSanCount(usize),
     #[error("{0:?} is not a SPIFFE id")]
     NotSpiffe(String),
+    #[error("{0} is not a control-plane replica's identity")]
+    NotControlPlane(String),
     #[error("{id} is not in trust domain {expected}")]
     ForeignTrustDomain { id: String, expected: String },
 }
@@ -67,14 +69,18 @@ impl SpiffeId {
 
     /// The `ns/<namespace>` segment, when the id has one.
     pub fn namespace(&self) -> Option<&str> {
-        let path = &self.uri[self.authority_end + 1..];
-        let mut segments = path.split('/');
+        let mut segments = self.path().split('/');
         while let Some(seg) = segments.next() {
             if seg == "ns" {
                 return segments.next();
             }
         }
         None
+    }
+
+    /// The path after the trust domain (`ns/default/sa/web`).
+    pub fn path(&self) -> &str {
+        &self.uri[self.authority_end + 1..]
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,8 +94,37 @@ impl fmt::Display for SpiffeId {
     }
 }
 
+/// The path of replicas' ids under the trust domain.
+const CONTROL_PLANE_PATH: &str = "trellis/control-plane/";
+
+/// The SPIFFE id of replica `node`.
+pub fn control_plane_id(trust_domain: &str, node: u64) -> String {
+    format!("spiffe://{trust_domain}/{CONTROL_PLANE_PATH}{node}")
+}
+
+/// The replica a control-plane id names, or `None` for any other id.
+pub fn control_plane_node(id: &SpiffeId) -> Option<u64> {
+    id.path()
+        .strip_prefix(CONTROL_PLANE_PATH)?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+}
+
 /// The workload identity of a DER certificate in `trust_domain`.
 pub fn identity_of(der: &[u8], trust_domain: &str) -> Result<SpiffeId, IdentityError> {
+    let id = spiffe_id_of(der)?;
+    if id.trust_domain() != trust_domain {
+        return Err(IdentityError::ForeignTrustDomain {
+            id: id.to_string(),
+            expected: trust_domain.to_string(),
+        });
+    }
+    Ok(id)
+}
+
+/// The one SPIFFE id of a DER leaf certificate, in whatever trust domain.
+pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, IdentityError> {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
         .map_err(|_| IdentityError::Unparsable)?;
     if cert.is_ca() {
@@ -111,14 +146,7 @@ pub fn identity_of(der: &[u8], trust_domain: &str) -> Result<SpiffeId, IdentityE
     let [uri] = uris.as_slice() else {
         return Err(IdentityError::UriSanCount(uris.len()));
     };
-    let id = SpiffeId::parse(uri)?;
-    if id.trust_domain() != trust_domain {
-        return Err(IdentityError::ForeignTrustDomain {
-            id: id.to_string(),
-            expected: trust_domain.to_string(),
-        });
-    }
-    Ok(id)
+    SpiffeId::parse(uri)
 }
 
 #[cfg(test)]
@@ -185,5 +213,24 @@ mod tests {
             identity_of(&foreign, td),
             Err(IdentityError::ForeignTrustDomain { .. })
         ));
+    }
+
+    #[test]
+    fn replica_ids_name_their_node() {
+        let id = SpiffeId::parse(&control_plane_id("cluster.local", 3)).expect("valid");
+        assert_eq!(
+            id.as_str(),
+            "spiffe://cluster.local/trellis/control-plane/3"
+        );
+        assert_eq!(control_plane_node(&id), Some(3));
+        for other in [
+            "spiffe://cluster.local/ns/trellis/sa/control-plane",
+            "spiffe://cluster.local/trellis/control-plane/0",
+            "spiffe://cluster.local/trellis/control-plane/x",
+            "spiffe://cluster.local/trellis/control-plane/3/extra",
+        ] {
+            let id = SpiffeId::parse(other).expect("valid");
+            assert_eq!(control_plane_node(&id), None, "{other}");
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! Certificate verification between sidecars (rustls verifiers): the peer's
-//! chain must lead to the mesh's roots (rustls-webpki), its leaf must not be
-//! a CA, and it must name exactly one SPIFFE id in the mesh's trust domain.
-//! Which id may serve a given endpoint is checked after the handshake, by
-//! the connection pool.
+//! Certificate verification (rustls verifiers) between sidecars and on the
+//! control plane's ports: the peer's chain must lead to the mesh's roots
+//! (rustls-webpki), its leaf must not be a CA, and it must name exactly one
+//! SPIFFE id: in the mesh's trust domain (sidecars, callers of the control
+//! plane) or a replica's (`spiffe://<td>/trellis/control-plane/<id>`, what
+//! clients of the control plane expect). Which id may serve a given
+//! endpoint is checked after the handshake, by the connection pool.
 
 use std::sync::Arc;
 
@@ -14,26 +16,57 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
-use super::spiffe::{identity_of, IdentityError};
+use super::spiffe::{control_plane_node, identity_of, spiffe_id_of, IdentityError};
+
+/// The identity a peer's certificate must name.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// Any SPIFFE id of this trust domain.
+    TrustDomain(String),
+    /// A control-plane replica's id (in the trust domain of the roots).
+    ControlPlane,
+}
 
 /// Verifies peers (either side) against the mesh's roots and trust domain.
 #[derive(Debug)]
 pub struct PeerVerifier {
     roots: Vec<TrustAnchor<'static>>,
     subjects: Vec<DistinguishedName>,
-    trust_domain: String,
+    expect: Expect,
+    /// As a server: whether a client must present a certificate.
+    mandatory: bool,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PeerVerifier {
+    /// Peers with any id of `trust_domain`; a client certificate is required.
     pub fn new(roots: &[CertificateDer<'static>], trust_domain: &str) -> Result<Self, String> {
+        Self::expecting(roots, Expect::TrustDomain(trust_domain.to_string()))
+    }
+
+    /// Servers that are control-plane replicas.
+    pub fn control_plane(roots: &[CertificateDer<'static>]) -> Result<Self, String> {
+        Self::expecting(roots, Expect::ControlPlane)
+    }
+
+    /// As a server: a client may also connect without a certificate (it
+    /// authenticates otherwise); one it presents is verified all the same.
+    #[must_use]
+    pub fn optional(mut self) -> Self {
+        self.mandatory = false;
+        self
+    }
+
+    fn expecting(roots: &[CertificateDer<'static>], expect: Expect) -> Result<Self, String> {
         let mut anchors = Vec::new();
         let mut subjects = Vec::new();
         for der in roots {
             let anchor = webpki::anchor_from_trusted_cert(der)
                 .map_err(|e| format!("trust bundle: {e}"))?
                 .to_owned();
-            subjects.push(DistinguishedName::from(anchor.subject.as_ref().to_vec()));
+            // The subject as a whole DER Name (a SEQUENCE), as OpenSSL
+            // parses the certificate_authorities a server sends.
+            subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             anchors.push(anchor);
         }
         if anchors.is_empty() {
@@ -42,7 +75,8 @@ impl PeerVerifier {
         Ok(Self {
             roots: anchors,
             subjects,
-            trust_domain: trust_domain.to_string(),
+            expect,
+            mandatory: true,
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         })
     }
@@ -65,7 +99,19 @@ impl PeerVerifier {
             None,
         )
         .map_err(chain_error)?;
-        identity_of(end_entity, &self.trust_domain).map_err(identity_error)?;
+        match &self.expect {
+            Expect::TrustDomain(td) => {
+                identity_of(end_entity, td).map_err(identity_error)?;
+            }
+            Expect::ControlPlane => {
+                let id = spiffe_id_of(end_entity).map_err(identity_error)?;
+                if control_plane_node(&id).is_none() {
+                    return Err(identity_error(IdentityError::NotControlPlane(
+                        id.to_string(),
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -138,6 +184,10 @@ pub fn io_failure_reason(e: &std::io::Error) -> &'static str {
 impl ClientCertVerifier for PeerVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.subjects
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(
