@@ -78,6 +78,12 @@ pub struct Kubernetes {
     pub status_interval: Duration,
     /// The injection webhook, when served.
     pub webhook: Option<WebhookConfig>,
+    /// The installation's ClusterRole: owner of the objects the control
+    /// plane creates and of its own data claim, so uninstalling removes them.
+    pub owner_cluster_role: Option<String>,
+    /// This replica's PersistentVolumeClaim (`namespace`, `name`), made
+    /// owned by that ClusterRole at start.
+    pub data_claim: Option<(String, String)>,
 }
 
 /// The injection webhook's settings.
@@ -263,7 +269,16 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             replica: replica.clone(),
             status_interval: k.status_interval,
             webhook_config: k.webhook.as_ref().map(|w| w.config_name.clone()),
+            owner_cluster_role: k.owner_cluster_role.clone(),
         };
+        if let (Some(role), Some((ns, claim))) = (&k.owner_cluster_role, &k.data_claim) {
+            tasks.spawn(own_data_claim(
+                k.client.clone(),
+                role.clone(),
+                ns.clone(),
+                claim.clone(),
+            ));
+        }
         tasks.spawn(source.run(rx.clone()));
         if let Some(w) = &k.webhook {
             let listener = bind(w.addr, "webhook").await?;
@@ -299,6 +314,20 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         shutdown,
         tasks,
     })
+}
+
+/// Makes this replica's data claim owned by the installation's ClusterRole.
+async fn own_data_claim(client: kube::Client, role: String, ns: String, claim: String) {
+    use crate::sources::kube::root_cert::{cluster_role_owner, own_claim};
+    match cluster_role_owner(&client, &role).await {
+        Ok(Some(owner)) => {
+            if let Err(e) = own_claim(&client, &ns, &claim, &owner).await {
+                tracing::warn!(claim, error = %e, "cannot mark the data claim as the installation's");
+            }
+        }
+        Ok(None) => tracing::warn!(role, "no such ClusterRole to own the data claim"),
+        Err(e) => tracing::warn!(role, error = %e, "cannot read the owner ClusterRole"),
+    }
 }
 
 /// Logs each change of leader as this replica sees it.

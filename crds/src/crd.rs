@@ -58,16 +58,20 @@ fn fit_for_apiserver(value: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
-    /// The committed manifests equal what the types generate.
+    /// The committed manifests (`crds/manifests/`, the Helm chart's
+    /// `charts/trellis/crds/`) equal what the types generate.
     #[test]
     fn committed_manifests_match_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-        for (file, yaml) in super::manifests() {
-            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-            assert!(
-                committed == yaml,
-                "crds/manifests/{file} is out of date: run `cargo run -p trellis-crds --features kube --bin crdgen`"
-            );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in ["manifests", "../charts/trellis/crds"] {
+            for (file, yaml) in super::manifests() {
+                let committed =
+                    std::fs::read_to_string(root.join(dir).join(&file)).unwrap_or_default();
+                assert!(
+                    committed == yaml,
+                    "{dir}/{file} is out of date: run `cargo run -p trellis-crds --features kube --bin crdgen`"
+                );
+            }
         }
     }
 

@@ -13,6 +13,9 @@
 # TokenRequest (`kubectl create token`) and TokenReview work. WATCH_CACHE=false
 # turns the watch cache off (a watch then gets a real 410 Gone);
 # COMPACTION_INTERVAL (default 5m) is how often the apiserver compacts etcd.
+# The apiserver listens on every interface (pods in network namespaces reach
+# it at their bridge's gateway as kubernetes.default.svc) and calls webhooks
+# at their endpoints' addresses (--enable-aggregator-routing: no kube-proxy).
 set -euo pipefail
 
 cache="${TRELLIS_CACHE:-$HOME/.cache/trellis}"
@@ -40,7 +43,8 @@ start_apiserver() { # uses $dir/settings; adds its PID to $dir/pids
     local pki="$dir/pki" _
     "$bin/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+        --bind-address 0.0.0.0 --advertise-address 127.0.0.1 --secure-port "$api_port" --insecure-port 0 \
+        --enable-aggregator-routing=true \
         --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
         --client-ca-file "$pki/ca.crt" \
         --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \

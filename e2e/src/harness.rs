@@ -187,6 +187,11 @@ impl Process {
         Ok(())
     }
 
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILLs the process (its log stays).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -7,6 +7,7 @@ pub mod echo;
 pub mod harness;
 pub mod kube;
 pub mod kube_mesh;
+pub mod kubelet;
 pub mod mesh;
 pub mod netns;
 pub mod payload;

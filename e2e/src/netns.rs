@@ -114,6 +114,13 @@ impl Network {
         Ok(Pod { netns, ip: address })
     }
 
+    /// Removes pod `netns` (its veth goes with it).
+    pub fn remove(&mut self, netns: &str) {
+        let _ = ip(&["netns", "del", netns]);
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(netns));
+        self.pods.retain(|p| p != netns);
+    }
+
     /// `10.<subnet>.0.<n>`.
     pub fn address(&self, n: u8) -> String {
         format!("10.{}.0.{n}", self.subnet)

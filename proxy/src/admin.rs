@@ -1,12 +1,16 @@
 //! Admin endpoint (default 127.0.0.1:15000): `/live`, `/ready`, `/metrics`,
-//! `/config_dump`.
+//! `/config_dump`, and `/app-health/...`: the application's own HTTP
+//! probes, sent by the sidecar to the app on localhost (the injector moves
+//! them here, as the app's port is captured and may require mTLS).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::{self, ProxyBody};
+use crate::config::AppProbe;
 use crate::discovery::{ConfigStore, RouteTable};
 use crate::identity::Identity;
 use crate::layers::balance::Balancer;
@@ -20,9 +24,26 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The workload identity, when mTLS is on.
     pub identity: Option<Arc<Identity>>,
+    /// `/app-health/...` paths and the app probes they stand for.
+    pub app_probes: BTreeMap<String, AppProbe>,
 }
 
 impl Admin {
+    /// [`handle`](Self::handle), and the app probes (which wait on the app).
+    pub async fn respond<B>(&self, req: Request<B>) -> Response<ProxyBody> {
+        let Some(probe) = self.app_probes.get(req.uri().path()) else {
+            return self.handle(&req);
+        };
+        match app_probe(probe).await {
+            Ok(status) => reply(status, "text/plain", format!("app answered {status}\n")),
+            Err(e) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("app probe 127.0.0.1:{}{}: {e}\n", probe.port, probe.path),
+            ),
+        }
+    }
+
     pub fn handle<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(
@@ -33,6 +54,11 @@ impl Admin {
         }
         match req.uri().path() {
             "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+            "/ready" if self.store.is_draining() => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "draining: shutting down\n".into(),
+            ),
             "/ready" if !self.store.is_ready() => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -89,6 +115,38 @@ impl Admin {
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
     }
+}
+
+/// `GET path` to the app on localhost (the sidecar's own traffic is not
+/// captured): its status, within a second.
+async fn app_probe(probe: &AppProbe) -> Result<StatusCode, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", probe.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: trellis-probe\r\nConnection: close\r\n\r\n",
+            probe.path, probe.port
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = [0u8; 12];
+        stream
+            .read_exact(&mut head)
+            .await
+            .map_err(|e| e.to_string())?;
+        std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|code| code.parse::<u16>().ok())
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| "not an HTTP response".to_string())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), exchange)
+        .await
+        .map_err(|_| "no answer within 1 s".to_string())?
 }
 
 fn reply(status: StatusCode, content_type: &'static str, text: String) -> Response<ProxyBody> {

@@ -39,6 +39,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    store: Arc<ConfigStore>,
+    shutdown_delay: std::time::Duration,
 }
 
 impl App {
@@ -175,11 +177,12 @@ impl App {
             ));
         }
         let admin = Arc::new(Admin {
-            store,
+            store: store.clone(),
             metrics,
             identity,
+            app_probes: self.config.admin.app_probes.clone(),
         });
-        let admin = service_with(admin, |a, req| async move { a.handle(&req) });
+        let admin = service_with(admin, |a, req| async move { a.respond(req).await });
         tasks.spawn(serve("admin", self.admin, Plaintext, admin, rx, drain));
         tracing::info!(%outbound_addr, %admin_addr, node = %self.config.node.id, "proxy started");
         Ok(Running {
@@ -187,14 +190,22 @@ impl App {
             admin_addr,
             shutdown,
             tasks,
+            store,
+            shutdown_delay: self.config.shutdown_delay,
         })
     }
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (up to the drain
-    /// timeout), and waits for every task.
+    /// Fails readiness, keeps serving for the shutdown delay, then stops
+    /// accepting, lets in-flight requests finish (up to the drain timeout),
+    /// and waits for every task.
     pub async fn shutdown(mut self) {
+        self.store.start_draining();
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "failing readiness before closing the listeners");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
     }

@@ -97,6 +97,11 @@ pub struct Args {
     /// Labels of this workload, `k=v,k2=v2` (matched by `sourceLabels`).
     #[arg(long, env = "TRELLIS_LABELS", default_value = "")]
     pub labels: String,
+    /// The application's HTTP probes the admin port answers for (what the
+    /// sidecar injector moves them to): JSON, `{"/app-health/NAME/readyz":
+    /// {"port": 8080, "path": "/healthz"}}`.
+    #[arg(long, env = "TRELLIS_APP_PROBES")]
+    pub app_probes: Option<String>,
     /// Labels from a file of `key="value"` lines, as the Kubernetes
     /// downward API writes `metadata.labels` (--labels adds to them).
     #[arg(long, env = "TRELLIS_LABELS_FILE")]
@@ -114,6 +119,11 @@ pub struct Args {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the proxy keeps serving, failing readiness,
+    /// before it stops accepting (time for endpoints to drop it and for
+    /// the application's last calls).
+    #[arg(long, env = "TRELLIS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -135,6 +145,8 @@ pub enum ConfigError {
     NoSource,
     #[error("--labels: {0:?} is not k=v")]
     BadLabel(String),
+    #[error("--app-probes: {0} (expected {{\"/app-health/NAME/readyz\": {{\"port\": 8080, \"path\": \"/\"}}}})")]
+    AppProbes(String),
     #[error("--labels-file {0}: {1}")]
     LabelsFile(PathBuf, String),
     #[error("token file {0}: {1}")]
@@ -159,6 +171,8 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Time allowed for in-flight requests after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Time between failing readiness and closing the listeners on SIGTERM.
+    pub shutdown_delay: Duration,
     /// Runtime worker threads (1 = a current-thread runtime).
     pub workers: usize,
 }
@@ -247,6 +261,21 @@ impl std::fmt::Debug for IdentityConfig {
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
     pub addr: SocketAddr,
+    /// `/app-health/...` paths answered by probing the application on
+    /// localhost (probes the injector moved off the captured app port).
+    pub app_probes: BTreeMap<String, AppProbe>,
+}
+
+/// Where an application's own HTTP probe goes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct AppProbe {
+    pub port: u16,
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".into()
 }
 
 /// Where configuration comes from.
@@ -348,10 +377,16 @@ impl Config {
             }),
             admin: AdminConfig {
                 addr: args.admin_addr,
+                app_probes: match &args.app_probes {
+                    Some(json) => serde_json::from_str(json)
+                        .map_err(|e| ConfigError::AppProbes(e.to_string()))?,
+                    None => BTreeMap::new(),
+                },
             },
             discovery,
             identity,
             drain_timeout: args.drain_timeout,
+            shutdown_delay: args.shutdown_delay,
             workers: usize::from(args.workers),
         })
     }

@@ -26,8 +26,17 @@ use trellis_control_plane::server::{start, Kubernetes, ServerConfig, WebhookConf
 )]
 struct Args {
     /// This replica's id in the group (a positive integer, unique).
-    #[arg(long, env = "TRELLIS_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
-    node_id: u64,
+    #[arg(
+        long,
+        env = "TRELLIS_NODE_ID",
+        value_parser = clap::value_parser!(u64).range(1..),
+        required_unless_present = "pod_name"
+    )]
+    node_id: Option<u64>,
+    /// In a StatefulSet: this pod's name (`NAME-ORDINAL`); the node id is
+    /// the ordinal plus one, unless --node-id is given.
+    #[arg(long, env = "TRELLIS_POD_NAME")]
+    pod_name: Option<String>,
     /// Where the Raft log, vote and snapshots are kept (redb).
     #[arg(long, env = "TRELLIS_DATA_DIR")]
     data_dir: PathBuf,
@@ -125,6 +134,14 @@ struct Args {
         default_value = "trellis-sidecar-injector"
     )]
     webhook_config: String,
+    /// With --kubernetes: the installation's ClusterRole, made the owner of
+    /// what the control plane creates (root-certificate ConfigMaps) and of
+    /// --data-claim, so uninstalling removes them.
+    #[arg(long, env = "TRELLIS_OWNER_CLUSTER_ROLE")]
+    owner_cluster_role: Option<String>,
+    /// This replica's PersistentVolumeClaim, `namespace/name`.
+    #[arg(long, env = "TRELLIS_DATA_CLAIM")]
+    data_claim: Option<String>,
     /// What the webhook injects.
     #[command(flatten)]
     inject: InjectSettings,
@@ -135,6 +152,11 @@ struct Args {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     trellis_crds::duration::parse_duration(s)
+}
+
+/// The ordinal of a StatefulSet pod's name (`trellis-control-plane-2` -> 2).
+fn ordinal(pod: &str) -> Option<u64> {
+    pod.rsplit_once('-')?.1.parse().ok()
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
@@ -154,8 +176,14 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
+            // openraft's own logging only when asked for by name.
+            match std::env::var("TRELLIS_LOG") {
+                Ok(filter) if filter.contains("openraft") => {
+                    tracing_subscriber::EnvFilter::new(filter)
+                }
+                Ok(filter) => tracing_subscriber::EnvFilter::new(format!("{filter},openraft=off")),
+                Err(_) => tracing_subscriber::EnvFilter::new("info,openraft=off"),
+            },
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -173,6 +201,17 @@ fn main() -> ExitCode {
         let root = load_root(&args.ca_cert, &args.ca_key, &args.trust_domain)?;
         Ok::<_, String>((tokens, operators, root))
     })();
+    let node_id = match (args.node_id, &args.pod_name) {
+        (Some(id), _) => id,
+        (None, Some(pod)) => match ordinal(pod) {
+            Some(ordinal) => ordinal + 1,
+            None => {
+                eprintln!("error: --pod-name {pod:?} does not end in -ORDINAL");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => unreachable!("clap requires one"),
+    };
     let (tokens, operators, root) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -181,7 +220,7 @@ fn main() -> ExitCode {
         }
     };
     let mut config = ServerConfig {
-        node_id: args.node_id,
+        node_id,
         data_dir: args.data_dir,
         raft_addr: args.raft_addr,
         advertise: args.advertise_addr,
@@ -255,6 +294,11 @@ fn main() -> ExitCode {
                 client,
                 status_interval: args.status_interval,
                 webhook,
+                owner_cluster_role: args.owner_cluster_role.clone(),
+                data_claim: args.data_claim.as_ref().and_then(|c| {
+                    c.split_once('/')
+                        .map(|(ns, name)| (ns.to_string(), name.to_string()))
+                }),
             });
         }
         let running = match start(config).await {

@@ -77,12 +77,60 @@ pub fn load_root(cert: &Path, key: &Path, trust_domain: &str) -> Result<CaRecord
             cert.display()
         ));
     }
-    KeyPair::from_pem(&key_pem).map_err(|e| format!("--ca-key {}: {e}", key.display()))?;
+    let key_pem = pkcs8_pem(&key_pem).map_err(|e| format!("--ca-key {}: {e}", key.display()))?;
     Ok(CaRecord {
         trust_domain: trust_domain.to_string(),
         cert_pem,
         key_pem,
     })
+}
+
+/// A private key as PKCS#8 PEM, what the signer takes: PKCS#8 as it is, a
+/// PKCS#1 RSA key (`RSA PRIVATE KEY`, what Helm's `genCA` and older
+/// OpenSSL write) wrapped into PKCS#8.
+pub fn pkcs8_pem(pem: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let pkcs8 = match key {
+        PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+        PrivateKeyDer::Pkcs1(k) => rsa_pkcs1_to_pkcs8(k.secret_pkcs1_der()),
+        _ => {
+            return Err("an EC key in SEC1 form; convert it: openssl pkcs8 -topk8 -nocrypt".into())
+        }
+    };
+    KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8))
+        .map(|k| k.serialize_pem())
+        .map_err(|e| e.to_string())
+}
+
+/// PKCS#8 `PrivateKeyInfo` around a PKCS#1 RSA key (RFC 5208): version 0,
+/// algorithm rsaEncryption with NULL parameters, the key as an OCTET STRING.
+fn rsa_pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = body.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    const RSA_ENCRYPTION: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend(tlv(0x30, RSA_ENCRYPTION));
+    body.extend(tlv(0x04, pkcs1));
+    tlv(0x30, &body)
 }
 
 /// On the leader: makes sure the replicated state holds `root` (the mesh
@@ -150,5 +198,17 @@ mod tests {
         assert!(KeyPair::from_pem(&root.key_pem).is_ok());
         let other = generate_root("cluster.local").expect("generates");
         assert_ne!(root.key_pem, other.key_pem, "a fresh key each time");
+    }
+
+    #[test]
+    fn a_pkcs1_rsa_key_is_taken_as_pkcs8() {
+        // What Helm's genCA writes: PKCS#1 (`RSA PRIVATE KEY`), 2048 bits
+        // (a throwaway key made for this test with `openssl genrsa -traditional`).
+        let pem = include_str!("testdata/rsa-pkcs1.pem");
+        let converted = pkcs8_pem(pem).expect("converts");
+        assert!(converted.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let key = KeyPair::from_pem(&converted).expect("a usable key");
+        assert!(key.is_compatible(&rcgen::PKCS_RSA_SHA256));
+        assert!(pkcs8_pem("not a key").is_err());
     }
 }

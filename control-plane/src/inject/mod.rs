@@ -15,6 +15,12 @@
 //! `trellis-ca-root-cert` ConfigMap, and the pod's labels from the
 //! downward API.
 //!
+//! The application's HTTP probes are moved to the sidecar's admin port
+//! (`/app-health/<container>/readyz|livez|startupz`), which probes the app
+//! on localhost: its port is captured, and under STRICT mTLS a kubelet's
+//! plaintext probe would be refused (Istio's `rewriteAppHTTPProbers`;
+//! `sidecar.trellis.io/rewriteAppProbers: "false"` leaves them alone).
+//!
 //! Pod annotations (`sidecar.trellis.io/...`, and Istio's
 //! `traffic.sidecar.istio.io/...` for the traffic ones) tune it; an
 //! annotation of ours that is unknown, or a value that does not parse, is
@@ -34,6 +40,9 @@ pub const INIT_CONTAINER: &str = "trellis-init";
 /// The annotation the patch sets (and the opt-out one).
 pub const STATUS_ANNOTATION: &str = "sidecar.trellis.io/status";
 pub const INJECT_ANNOTATION: &str = "sidecar.trellis.io/inject";
+/// The pod label that marks a workload with a sidecar (mTLS to it).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+pub const REWRITE_ANNOTATION: &str = "sidecar.trellis.io/rewriteAppProbers";
 /// The proxy's admin port (readiness), reachable on the pod IP.
 pub const PROXY_ADMIN_PORT: u16 = 15020;
 /// Where the mounts go inside the proxy container.
@@ -64,6 +73,7 @@ pub struct InjectSettings {
     /// The audience of the projected service-account token the sidecar
     /// presents for its certificate (the control plane's --token-audience).
     #[arg(
+        id = "inject_token_audience",
         long = "inject-token-audience",
         env = "TRELLIS_INJECT_TOKEN_AUDIENCE",
         default_value = "trellis"
@@ -234,14 +244,24 @@ pub fn patch(
         .unwrap_or(first_container);
 
     let init = init_container(settings, &options);
-    let proxy = proxy_container(settings, &options, &service, form);
-    let mut init_containers: Vec<Value> = spec
-        .get("initContainers")
+    let mut containers: Vec<Value> = spec
+        .get("containers")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut containers: Vec<Value> = spec
-        .get("containers")
+    let app_probes = if options.rewrite_probes {
+        rewrite_probes(&mut containers)
+    } else {
+        serde_json::Map::new()
+    };
+    let mut proxy = proxy_container(settings, &options, &service, form);
+    if !app_probes.is_empty() {
+        if let Some(env) = proxy["env"].as_array_mut() {
+            env.push(json!({"name": "TRELLIS_APP_PROBES", "value": Value::Object(app_probes).to_string()}));
+        }
+    }
+    let mut init_containers: Vec<Value> = spec
+        .get("initContainers")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -276,7 +296,12 @@ pub fn patch(
     if pod.get("metadata").is_none() {
         ops.push(add("/metadata", json!({})));
     }
+    // The label that tells other sidecars this pod takes mutual TLS (as
+    // Istio's injector sets it; endpoints carry their pod's labels).
+    let mut new_labels = labels.clone();
+    new_labels.insert(TLS_MODE_LABEL.into(), Value::String("istio".into()));
     ops.extend([
+        add("/metadata/labels", Value::Object(new_labels)),
         add("/metadata/annotations", Value::Object(new_annotations)),
         add("/spec/initContainers", Value::Array(init_containers)),
         add("/spec/containers", Value::Array(containers)),
@@ -312,17 +337,64 @@ pub fn apply(target: &mut Value, ops: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
+/// Moves each container's HTTP probes to the sidecar's admin port; the
+/// originals, by their new path (`/app-health/<container>/<kind>`).
+fn rewrite_probes(containers: &mut [Value]) -> serde_json::Map<String, Value> {
+    let mut originals = serde_json::Map::new();
+    for c in containers.iter_mut() {
+        let name = c["name"].as_str().unwrap_or("app").to_string();
+        let ports = c["ports"].clone();
+        for (field, kind) in [
+            ("readinessProbe", "readyz"),
+            ("livenessProbe", "livez"),
+            ("startupProbe", "startupz"),
+        ] {
+            let Some(get) = c.get_mut(field).and_then(|p| p.get_mut("httpGet")) else {
+                continue;
+            };
+            if get["scheme"].as_str().is_some_and(|s| s != "HTTP") {
+                continue; // HTTPS probes are the app's own TLS: left alone
+            }
+            let port = match &get["port"] {
+                Value::Number(n) => n.as_u64(),
+                Value::String(named) => ports.as_array().and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p["name"] == named.as_str())
+                        .and_then(|p| p["containerPort"].as_u64())
+                }),
+                _ => None,
+            };
+            let Some(port) = port else {
+                continue;
+            };
+            let path = format!("/app-health/{name}/{kind}");
+            originals.insert(
+                path.clone(),
+                json!({"port": port, "path": get["path"].as_str().unwrap_or("/")}),
+            );
+            *get = json!({"path": path, "port": PROXY_ADMIN_PORT, "scheme": "HTTP"});
+        }
+    }
+    originals
+}
+
 /// What the annotations ask for, over the settings.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Options {
     inject: Option<bool>,
+    rewrite_probes: bool,
     lists: BTreeMap<&'static str, String>,
     proxy: BTreeMap<&'static str, String>,
 }
 
 impl Options {
     fn read(annotations: &BTreeMap<String, String>) -> Result<Self, AnnotationError> {
-        let mut options = Options::default();
+        let mut options = Options {
+            inject: None,
+            rewrite_probes: true,
+            lists: BTreeMap::new(),
+            proxy: BTreeMap::new(),
+        };
         let err = |annotation: &str, message: String| AnnotationError {
             annotation: annotation.to_string(),
             message,
@@ -348,6 +420,16 @@ impl Options {
                         return Err(err(key, format!("{other:?} is not \"true\" or \"false\"")))
                     }
                 });
+                continue;
+            }
+            if key == REWRITE_ANNOTATION {
+                options.rewrite_probes = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(err(key, format!("{other:?} is not \"true\" or \"false\"")))
+                    }
+                };
                 continue;
             }
             let traffic = prefix != "sidecar.trellis.io";
@@ -495,6 +577,9 @@ fn proxy_container(
         "0.0.0.0:15006".into(),
         "--admin-addr".into(),
         format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
+        // On SIGTERM: fail readiness, keep carrying the app's last calls.
+        "--shutdown-delay".into(),
+        "2s".into(),
     ];
     let resources = |pairs: [(&str, &str, &str); 2]| {
         pairs

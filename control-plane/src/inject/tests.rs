@@ -224,3 +224,46 @@ fn a_template_without_annotations_or_metadata_gets_them() {
     );
     assert_eq!(names(&out["spec"]["containers"]), ["trellis-proxy", "web"]);
 }
+
+#[test]
+fn http_probes_move_to_the_sidecar_and_it_knows_where_they_went() {
+    let mut p = pod(json!({}));
+    p["spec"]["containers"][0]["ports"] = json!([{"name": "web", "containerPort": 9080}]);
+    p["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/healthz", "port": "web"}, "periodSeconds": 3});
+    p["spec"]["containers"][0]["livenessProbe"] =
+        json!({"httpGet": {"path": "/tls", "port": 8443, "scheme": "HTTPS"}});
+    let out = injected(&p, SidecarForm::Classic);
+    let app = &out["spec"]["containers"][1];
+    assert_eq!(
+        app["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/reviews/readyz", "port": PROXY_ADMIN_PORT, "scheme": "HTTP"}, "periodSeconds": 3})
+    );
+    assert_eq!(
+        app["livenessProbe"]["httpGet"]["port"], 8443,
+        "HTTPS left alone"
+    );
+    let env = out["spec"]["containers"][0]["env"].as_array().expect("env");
+    let probes = env
+        .iter()
+        .find(|e| e["name"] == "TRELLIS_APP_PROBES")
+        .expect("the sidecar learns the probes");
+    let probes: Value =
+        serde_json::from_str(probes["value"].as_str().expect("a string")).expect("JSON");
+    assert_eq!(
+        probes,
+        json!({"/app-health/reviews/readyz": {"port": 9080, "path": "/healthz"}})
+    );
+    let kept = injected(
+        &{
+            let mut q = p.clone();
+            q["metadata"]["annotations"] = json!({REWRITE_ANNOTATION: "false"});
+            q
+        },
+        SidecarForm::Classic,
+    );
+    assert_eq!(
+        kept["spec"]["containers"][1]["readinessProbe"]["httpGet"]["port"],
+        "web"
+    );
+}

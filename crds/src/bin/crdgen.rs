@@ -1,5 +1,5 @@
-//! Writes the CRD manifests to `crds/manifests/` (and the Helm chart's
-//! `crds/` folder when it exists). Run: `cargo run -p trellis-crds --features kube --bin crdgen`.
+//! Writes the CRD manifests to `crds/manifests/` and the Helm chart's
+//! `charts/trellis/crds/`. Run: `cargo run -p trellis-crds --features kube --bin crdgen`.
 
 use std::path::Path;
 
@@ -8,11 +8,9 @@ fn main() -> std::io::Result<()> {
     let targets = [root.join("manifests"), root.join("../charts/trellis/crds")];
     for (file, yaml) in trellis_crds::crd::manifests() {
         for dir in &targets {
-            if dir.ends_with("manifests") || dir.exists() {
-                std::fs::create_dir_all(dir)?;
-                std::fs::write(dir.join(&file), &yaml)?;
-                println!("wrote {}", dir.join(&file).display());
-            }
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join(&file), &yaml)?;
+            println!("wrote {}", dir.join(&file).display());
         }
     }
     Ok(())

@@ -28,6 +28,8 @@ pub use model::{ModelError, Route, RouteTable, VirtualHost};
 pub struct ConfigStore {
     table: ArcSwap<RouteTable>,
     ready: AtomicBool,
+    /// Shutting down: not ready, whatever the config.
+    draining: AtomicBool,
 }
 
 impl ConfigStore {
@@ -36,6 +38,7 @@ impl ConfigStore {
         Self {
             table: ArcSwap::from_pointee(RouteTable::default()),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -76,6 +79,15 @@ impl ConfigStore {
     /// True once a config has been applied.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// From now on `/ready` says no (the proxy is shutting down).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 

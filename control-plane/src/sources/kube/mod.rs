@@ -28,7 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use self::root_cert::Publisher;
+use self::root_cert::{cluster_role_owner, Publisher};
 use self::status::Verdict;
 use crate::control::all_proxies;
 use crate::inject::webhook::keep_ca_bundle;
@@ -71,6 +71,9 @@ pub struct KubeSource {
     /// The injection webhook's MutatingWebhookConfiguration, whose
     /// caBundle the leader keeps equal to the mesh root.
     pub webhook_config: Option<String>,
+    /// The installation's ClusterRole, owner of what the control plane
+    /// creates (the root-certificate ConfigMaps).
+    pub owner_cluster_role: Option<String>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -188,6 +191,7 @@ impl KubeSource {
         );
         let _ = namespaces.wait_until_ready().await;
         let mut root_cert = Publisher::default();
+        let mut owner = None;
         // The root the webhook configuration was last seen to trust, and
         // when (checked again every 30 s: a reinstall may reset it).
         let mut bundle_kept: Option<(String, std::time::Instant)> = None;
@@ -213,7 +217,14 @@ impl KubeSource {
                 .sm
                 .read(|a| a.state.ca().map(|ca| ca.cert_pem.clone()));
             if let Some(root) = root {
-                root_cert.publish(&self.client, &namespaces, &root).await;
+                if owner.is_none() {
+                    if let Some(role) = &self.owner_cluster_role {
+                        owner = cluster_role_owner(&self.client, role).await.ok().flatten();
+                    }
+                }
+                root_cert
+                    .publish(&self.client, &namespaces, &root, owner.as_ref())
+                    .await;
                 if let Some(name) = &self.webhook_config {
                     let fresh = bundle_kept.as_ref().is_some_and(|(pem, at)| {
                         *pem == root && at.elapsed() < Duration::from_secs(30)

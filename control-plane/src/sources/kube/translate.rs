@@ -55,7 +55,8 @@ pub fn rule_document(
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Slice {
-    #[serde(default)]
+    /// `null` in a slice of a Service with no endpoints.
+    #[serde(default, deserialize_with = "null_as_empty")]
     endpoints: Vec<SliceEndpoint>,
     #[serde(default)]
     ports: Option<Vec<SlicePort>>,
@@ -90,6 +91,15 @@ struct SlicePort {
     #[serde(default)]
     name: Option<String>,
     port: Option<u32>,
+}
+
+/// A list the apiserver may send as `null`, as empty.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The label the EndpointSlice controller puts on a Service's slices.
