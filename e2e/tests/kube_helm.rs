@@ -72,81 +72,6 @@ fn ready_pods(kube: &KubeCluster, namespace: &str, selector: &str) -> BTreeMap<S
         .collect()
 }
 
-const APPS: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec:
-  selector: {app: reviews}
-  ports: [{name: http, port: 9080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: productpage, namespace: shop}
-spec:
-  selector: {app: productpage}
-  ports: [{name: http, port: 9080}]
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: reviews, namespace: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: productpage, namespace: shop}
-"#;
-
-fn deployment(name: &str, app: &str, version: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {app}, version: {version}}}}}
-  template:
-    metadata:
-      labels: {{app: {app}, version: {version}}}
-    spec:
-      serviceAccountName: {app}
-      containers:
-      - name: {app}
-        image: ghcr.io/trellis-mesh/trellis-echo:0.1.0
-        args: [--listen, "0.0.0.0:9080", --name, {app}, --version, {version}]
-        ports: [{{containerPort: 9080}}]
-        readinessProbe:
-          httpGet: {{path: /, port: 9080}}
-          periodSeconds: 1
-"#
-    )
-}
-
-const RULES: &str = r#"
-apiVersion: networking.trellis.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: shop}
-spec:
-  host: reviews
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.trellis.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: shop}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - {destination: {host: reviews, subset: v1}, weight: 90}
-    - {destination: {host: reviews, subset: v2}, weight: 10}
----
-apiVersion: security.trellis.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: shop}
-spec: {mtls: {mode: STRICT}}
-"#;
-
 fn write(dir: &Path, name: &str, text: &str) -> Result<String> {
     let path = dir.join(name);
     std::fs::write(&path, text)?;
@@ -195,27 +120,24 @@ fn helm_installs_a_mesh_that_injects_captures_and_splits() -> Result<()> {
     ensure!(replicas.len() == 3, "replicas: {replicas:?}");
     let test = helm(&kube, &["test", "trellis", "-n", NS, "--timeout", "2m"]);
     if let Err(e) = test {
-        bail!("{e:#}\n{}", runner.logs());
+        bail!(
+            "{e:#}\n{}\nrunner errors: {:?}\n{}",
+            runner.logs(),
+            runner.errors(),
+            kube.kubectl(&["get", "events,configmaps,pods", "-n", NS])?
+                .1
+        );
     }
 
     // A namespace labelled for injection; its pods get the sidecar.
     kube.kubectl_ok(&["create", "namespace", "shop"])?;
     kube.kubectl_ok(&["label", "namespace", "shop", "trellis-injection=enabled"])?;
+    // The README's Kubernetes quick start, its files as they are.
     let files = dir.path();
-    kube.kubectl_ok(&["apply", "-f", &write(files, "apps.yaml", APPS)?])?;
-    for (name, app, version) in [
-        ("productpage", "productpage", "v1"),
-        ("reviews-v1", "reviews", "v1"),
-        ("reviews-v2", "reviews", "v2"),
-    ] {
-        let file = write(
-            files,
-            &format!("{name}.yaml"),
-            &deployment(name, app, version),
-        )?;
-        kube.kubectl_ok(&["apply", "-f", &file])?;
+    for example in ["bookinfo.yaml", "reviews-90-10.yaml"] {
+        let path = repo("examples/kubernetes").join(example);
+        kube.kubectl_ok(&["apply", "-f", &path.display().to_string()])?;
     }
-    kube.kubectl_ok(&["apply", "-f", &write(files, "rules.yaml", RULES)?])?;
     let all_up = wait_until(Duration::from_secs(90), || {
         ready_pods(&kube, "shop", "app in (productpage, reviews)").len() == 3
     });

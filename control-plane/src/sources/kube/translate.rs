@@ -285,6 +285,16 @@ mod tests {
     }
 
     #[test]
+    fn a_slice_without_endpoints_is_an_empty_one() {
+        // The apiserver sends `endpoints: null` for a Service with no pods.
+        let slice: Slice = serde_json::from_value(json!({
+            "endpoints": null, "ports": [{"name": "http", "port": 9080}]
+        }))
+        .expect("parses");
+        assert!(slice.endpoints.is_empty());
+    }
+
+    #[test]
     fn a_service_takes_its_ready_endpoints_and_their_pods() {
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": "reviews", "namespace": "shop"},
