@@ -43,10 +43,17 @@ pub(super) async fn bind(env: &Env, ns: &str, name: &str) -> Result<()> {
         "metadata": {"name": name, "namespace": ns},
         "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
     });
-    let _: Value = api
-        .create_subresource("binding", name, &PostParams::default(), &binding)
-        .await
-        .with_context(|| format!("binding pod {ns}/{name}"))?;
+    let bound = api
+        .create_subresource::<_, Value>("binding", name, &PostParams::default(), &binding)
+        .await;
+    if let Err(e) = bound {
+        // Bound already (by an earlier attempt) is bound.
+        let pod = api.get_opt(name).await?;
+        let node = pod.and_then(|p| p.spec).and_then(|s| s.node_name);
+        if node.as_deref() != Some(NODE) {
+            return Err(e).with_context(|| format!("binding pod {ns}/{name}"));
+        }
+    }
     Ok(())
 }
 

@@ -50,8 +50,11 @@ pub(super) async fn run_pod(env: Env, pod: Pod, mut stop: watch::Receiver<bool>)
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
-    if let Err(e) = run_pod_inner(&env, &pod, &mut stop).await {
-        report(&env, format!("pod {key}: {e:#}"));
+    // As a kubelet does with a pod sandbox it could not set up: report,
+    // and try again (with a new network namespace) until deleted.
+    let mut attempt = 0;
+    while let Err(e) = run_pod_inner(&env, &pod, &mut stop, attempt).await {
+        report(&env, format!("pod {key} (attempt {attempt}): {e:#}"));
         let _ = patch_status(
             &env,
             &ns,
@@ -61,7 +64,11 @@ pub(super) async fn run_pod(env: Env, pod: Pod, mut stop: watch::Receiver<bool>)
             ]}),
         )
         .await;
-        stopped_signal(&mut stop).await;
+        attempt += 1;
+        tokio::select! {
+            () = stopped_signal(&mut stop) => return,
+            () = tokio::time::sleep(backoff(attempt)) => {}
+        }
     }
 }
 
@@ -69,6 +76,7 @@ pub(super) async fn run_pod_inner(
     env: &Env,
     pod: &Pod,
     stop: &mut watch::Receiver<bool>,
+    attempt: u32,
 ) -> Result<()> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
@@ -83,6 +91,9 @@ pub(super) async fn run_pod_inner(
     {
         bind(env, &ns, &name).await?;
     }
+    if *stop.borrow() {
+        return Ok(());
+    }
     let n = {
         let mut next = env.next.lock().map_err(|_| anyhow::anyhow!("lock"))?;
         let n = *next;
@@ -92,7 +103,8 @@ pub(super) async fn run_pod_inner(
     let short: String = uid
         .chars()
         .filter(char::is_ascii_alphanumeric)
-        .take(8)
+        .take(7)
+        .chain(std::iter::once(char::from(b'a' + (attempt % 26) as u8)))
         .collect();
     let net = env
         .network
@@ -115,7 +127,7 @@ pub(super) async fn run_pod_inner(
         .pods
         .insert(uid.clone(), running);
     let now = timestamp();
-    patch_status(
+    let reported = patch_status(
         env,
         &ns,
         &name,
@@ -131,8 +143,11 @@ pub(super) async fn run_pod_inner(
             ],
         }),
     )
-    .await?;
-    let result = drive(env, &value, &spec, &net.netns, &net.ip, &dir, stop).await;
+    .await;
+    let result = match reported {
+        Ok(()) => drive(env, &value, &spec, &net.netns, &net.ip, &dir, stop).await,
+        Err(e) => Err(e),
+    };
     if *stop.borrow() {
         remove_pod(env, &ns, &name, &uid).await;
     }
