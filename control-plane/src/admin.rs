@@ -2,18 +2,13 @@
 //! certificate): `/live`, `/ready` (a leader is known), `/metrics`,
 //! `/proxy-status` (this replica's proxies as JSON).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use trellis_api::tls::channel;
 
 use crate::replica::Replica;
 
@@ -22,29 +17,13 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     replica: Arc<Replica>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut incoming = std::pin::pin!(channel::incoming(listener, tls, "admin"));
-    loop {
-        let stream = tokio::select! {
-            accepted = incoming.next() => match accepted {
-                Some(Ok(stream)) => stream,
-                Some(Err(_)) => continue,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let replica = replica.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let reply = handle(&replica, &req);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let handler = move |req: Request<hyper::body::Incoming>| {
+        let reply = handle(&replica, &req);
+        async move { reply }
+    };
+    crate::https::serve("admin", listener, tls, handler, shutdown).await;
 }
 
 fn handle<B>(replica: &Replica, req: &Request<B>) -> Response<Full<Bytes>> {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod ca;
 pub mod control;
 pub mod grpc;
+pub mod https;
 pub mod inject;
 pub mod metrics;
 pub mod operator;

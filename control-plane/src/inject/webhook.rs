@@ -7,17 +7,13 @@
 //! MutatingWebhookConfiguration's `caBundle`, as Istio and Linkerd do, so
 //! installing needs no certificate tooling.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -80,29 +76,13 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     webhook: Arc<Webhook>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut incoming = std::pin::pin!(channel::incoming(listener, tls, "webhook"));
-    loop {
-        let stream = tokio::select! {
-            accepted = incoming.next() => match accepted {
-                Some(Ok(stream)) => stream,
-                Some(Err(_)) => continue,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
-        };
+    let handler = move |req| {
         let webhook = webhook.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let webhook = webhook.clone();
-                async move { Ok::<_, Infallible>(handle(&webhook, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { handle(&webhook, req).await }
+    };
+    crate::https::serve("webhook", listener, tls, handler, shutdown).await;
 }
 
 async fn handle(webhook: &Webhook, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
