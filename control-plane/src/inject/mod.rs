@@ -117,18 +117,15 @@ pub struct InjectSettings {
     pub memory_limit: String,
 }
 
+/// The flags' defaults (one place: the `#[arg]`s above).
 impl Default for InjectSettings {
     fn default() -> Self {
-        Self {
-            proxy_image: "ghcr.io/trellis-mesh/trellis-proxy:0.1.0".into(),
-            control_plane: vec!["trellis-control-plane.trellis-system.svc:15010".into()],
-            token_audience: "trellis".into(),
-            log_level: "info".into(),
-            cpu: "50m".into(),
-            memory: "64Mi".into(),
-            cpu_limit: String::new(),
-            memory_limit: "256Mi".into(),
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: InjectSettings,
         }
+        <Defaults as clap::Parser>::parse_from(["defaults"]).settings
     }
 }
 
