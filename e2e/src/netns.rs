@@ -1,6 +1,6 @@
 //! Pods as Linux network namespaces: a bridge in the root namespace and,
-//! per pod, a netns with its own IP on a veth to the bridge, a default
-//! route, and `/etc/netns/NAME/hosts` standing in for cluster DNS. Commands
+//! per pod, a netns with its own IPv4 and IPv6 address (dual stack) on a
+//! veth to the bridge, default routes, and `/etc/netns/NAME/hosts` standing in for cluster DNS. Commands
 //! run inside with `ip netns exec` (as another uid through `setpriv`).
 //! Everything is removed on drop.
 
@@ -12,13 +12,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::harness::{tool, Process, TempDir};
 
-/// The pods' network: one bridge, a /24 of its own.
+/// The pods' network: one bridge, a /24 and a /64 of its own.
 #[derive(Debug)]
 pub struct Network {
     /// Short and unique per test process: names must fit 15 characters.
     tag: String,
     bridge: String,
-    /// `10.<subnet>.0.0/24`.
+    /// `10.<subnet>.0.0/24` and `fd00:<subnet>::/64`.
     subnet: u8,
     pods: Vec<String>,
     pub dir: TempDir,
@@ -29,6 +29,7 @@ pub struct Network {
 pub struct Pod {
     pub netns: String,
     pub ip: String,
+    pub ip6: String,
 }
 
 fn ip(args: &[&str]) -> Result<String> {
@@ -74,6 +75,15 @@ impl Network {
             "dev",
             &bridge,
         ])?;
+        // nodad: usable at once, not after duplicate address detection
+        ip(&[
+            "addr",
+            "add",
+            &format!("fd00:{subnet}::1/64"),
+            "dev",
+            &bridge,
+            "nodad",
+        ])?;
         ip(&["link", "set", &bridge, "up"])?;
         Ok(net)
     }
@@ -100,6 +110,15 @@ impl Network {
         exec(&["link", "set", "lo", "up"])?;
         exec(&["link", "set", &inside, "name", "eth0"])?;
         exec(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        let address6 = self.address6(n);
+        exec(&[
+            "addr",
+            "add",
+            &format!("{address6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         exec(&["link", "set", "eth0", "up"])?;
         exec(&[
             "route",
@@ -108,10 +127,22 @@ impl Network {
             "via",
             &format!("10.{}.0.1", self.subnet),
         ])?;
+        exec(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd00:{}::1", self.subnet),
+        ])?;
         let etc = PathBuf::from("/etc/netns").join(&netns);
         std::fs::create_dir_all(&etc)?;
         std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{hosts}\n"))?;
-        Ok(Pod { netns, ip: address })
+        Ok(Pod {
+            netns,
+            ip: address,
+            ip6: address6,
+        })
     }
 
     /// Removes pod `netns` (its veth goes with it).
@@ -124,6 +155,11 @@ impl Network {
     /// `10.<subnet>.0.<n>`.
     pub fn address(&self, n: u8) -> String {
         format!("10.{}.0.{n}", self.subnet)
+    }
+
+    /// `fd00:<subnet>::<n>` (n in hex, as IPv6 writes it).
+    pub fn address6(&self, n: u8) -> String {
+        format!("fd00:{}::{n:x}", self.subnet)
     }
 }
 

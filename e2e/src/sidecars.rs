@@ -152,3 +152,34 @@ pub fn metrics(pod: &Pod) -> String {
         .map(|(_, out, _)| out)
         .unwrap_or_default()
 }
+
+/// Sends `size` bytes from `pod` to the sink at `host:port` (the PEERS
+/// script at `peers`), half-closes, and fails unless the sink read exactly
+/// those bytes (count and SHA-256).
+pub fn send_to_sink(pod: &Pod, peers: &str, host: &str, port: u16, size: u64) -> Result<()> {
+    let (port, size) = (port.to_string(), size.to_string());
+    let sink = pod.exec("python3", &[peers, "client", "sink", host, &port, &size])?;
+    let (far, near) = sink.trim().split_once(" | ").unwrap_or(("", "?"));
+    if far != near {
+        bail!("bytes did not arrive intact: {sink}");
+    }
+    Ok(())
+}
+
+/// `curl url` from `pod` reaches the echo called `outside` (a destination
+/// outside the mesh), and the pod's sidecar counted it as passed through.
+pub fn assert_passes_through(pod: &Pod, url: &str) -> Result<()> {
+    let outside = pod.exec("curl", &["-s", url])?;
+    if !outside.contains(r#""version":"outside""#) {
+        bail!("{url} not reached: {outside}");
+    }
+    let allowed = crate::harness::sum_samples(
+        &metrics(pod),
+        "trellis_outbound_passthrough_total",
+        &["result=\"allowed\""],
+    );
+    if allowed < 1.0 {
+        bail!("passthrough not counted: {allowed}");
+    }
+    Ok(())
+}

@@ -255,10 +255,7 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
         "80/20 within 5 points: {split}"
     );
     // ... and 100 MiB with a half-close, checksummed at the far end.
-    let size = (100u64 << 20).to_string();
-    let sink = a.exec("python3", &[&peers, "client", "sink", "db", "7001", &size])?;
-    let (far, near) = sink.trim().split_once(" | ").unwrap_or(("", "?"));
-    assert_eq!(far, near, "bytes arrived intact: {sink}");
+    send_to_sink(&a, &peers, "db", 7001, 100 << 20)?;
     let opened = sum_samples(
         &metrics(&a),
         "trellis_tcp_connections_opened_total",
@@ -269,14 +266,7 @@ fn captured_pods_route_http_and_carry_opaque_tcp_through_both_sidecars() -> Resu
     assert!(sent >= (100u64 << 20) as f64, "bytes counted: {sent}");
 
     // Outside the mesh: passed through under ALLOW_ANY ...
-    let outside = a.exec("curl", &["-s", &format!("http://{d_ip}:8080/")])?;
-    assert!(outside.contains(r#""version":"outside""#), "{outside}");
-    let allowed = sum_samples(
-        &metrics(&a),
-        "trellis_outbound_passthrough_total",
-        &["result=\"allowed\""],
-    );
-    assert!(allowed >= 1.0, "passthrough counted: {allowed}");
+    assert_passes_through(&a, &format!("http://{d_ip}:8080/"))?;
     let direct = a.exec("redis-cli", &["-h", &c_ip, "PING"])?;
     assert_eq!(
         direct.trim(),

@@ -1,7 +1,9 @@
 //! Wires the subsystems together: `App::build(config)` binds the listeners,
 //! `App::spawn()` starts them, `Running::shutdown()` drains and stops them.
+//! With capture each of the outbound and inbound listeners has an IPv6
+//! twin on the same port, where ip6tables redirects the pod's IPv6 traffic.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -27,8 +29,10 @@ use crate::transport::listen::{serve, service_with, Plaintext};
 #[derive(Debug)]
 pub struct App {
     config: Config,
-    outbound: TcpListener,
-    inbound: Option<TcpListener>,
+    /// The outbound listener first, then its IPv6 twin (capture).
+    outbound: Vec<TcpListener>,
+    /// Empty without an inbound side.
+    inbound: Vec<TcpListener>,
     admin: TcpListener,
 }
 
@@ -46,11 +50,12 @@ pub struct Running {
 impl App {
     /// Binds the listeners (so a bad address fails before anything starts).
     pub async fn build(config: Config) -> std::io::Result<Self> {
-        let outbound = bind(config.outbound.addr, "outbound").await?;
+        let capture = config.outbound.capture;
+        let outbound = bind_all(config.outbound.addr, "outbound", capture).await?;
         let admin = bind(config.admin.addr, "admin").await?;
         let inbound = match &config.inbound {
-            Some(inbound) => Some(bind(inbound.addr, "inbound").await?),
-            None => None,
+            Some(inbound) => bind_all(inbound.addr, "inbound", capture).await?,
+            None => Vec::new(),
         };
         Ok(Self {
             config,
@@ -62,7 +67,7 @@ impl App {
 
     /// Starts the listeners and the config source.
     pub fn spawn(self) -> std::io::Result<Running> {
-        let outbound_addr = self.outbound.local_addr()?;
+        let outbound_addr = self.outbound[0].local_addr()?;
         let admin_addr = self.admin.local_addr()?;
         let (shutdown, rx) = watch::channel(false);
         let store = Arc::new(ConfigStore::new());
@@ -140,15 +145,22 @@ impl App {
             registry_only: self.config.outbound.registry_only,
             metrics: metrics.clone(),
         };
-        tasks.spawn(serve(
-            "outbound",
-            self.outbound,
-            capture,
-            outbound,
-            rx.clone(),
-            drain,
-        ));
-        if let (Some(listener), Some(inbound)) = (self.inbound, &self.config.inbound) {
+        for listener in self.outbound {
+            tasks.spawn(serve(
+                "outbound",
+                listener,
+                capture.clone(),
+                outbound.clone(),
+                rx.clone(),
+                drain,
+            ));
+        }
+        if let Some(inbound) = self
+            .config
+            .inbound
+            .as_ref()
+            .filter(|_| !self.inbound.is_empty())
+        {
             let handler = Arc::new(Inbound::new(
                 inbound.forward,
                 self.config.outbound.connect_timeout,
@@ -167,14 +179,16 @@ impl App {
                 detection_timeout: self.config.outbound.detection_timeout,
             };
             tracing::info!(addr = %inbound.addr, forward = ?inbound.forward, mtls = identity.is_some(), "inbound listener started");
-            tasks.spawn(serve(
-                "inbound",
-                listener,
-                handshake,
-                service,
-                rx.clone(),
-                drain,
-            ));
+            for listener in self.inbound {
+                tasks.spawn(serve(
+                    "inbound",
+                    listener,
+                    handshake.clone(),
+                    service.clone(),
+                    rx.clone(),
+                    drain,
+                ));
+            }
         }
         let admin = Arc::new(Admin {
             store: store.clone(),
@@ -212,7 +226,56 @@ impl Running {
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({name}): {e}"))
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(e, addr, name))
+}
+
+fn bind_error(e: std::io::Error, addr: SocketAddr, name: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({name}): {e}"))
+}
+
+/// `addr`, and with capture its IPv6 twin when the host has IPv6 (a host
+/// without it keeps the IPv4 listener alone, with a warning).
+async fn bind_all(
+    addr: SocketAddr,
+    name: &str,
+    capture: bool,
+) -> std::io::Result<Vec<TcpListener>> {
+    let first = bind(addr, name).await?;
+    let port = first.local_addr()?.port();
+    let mut listeners = vec![first];
+    if let Some(twin) = ipv6_twin(addr).filter(|_| capture) {
+        let twin = SocketAddr::new(twin, port);
+        match bind_ipv6_only(twin) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => {
+                tracing::warn!(%twin, listener = name, error = %e, "no IPv6 listener: IPv6 traffic is not captured")
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// Where ip6tables `REDIRECT` delivers what iptables sends to `addr`:
+/// locally generated traffic to `::1`, traffic from outside to the
+/// interface's address (so the wildcard).
+fn ipv6_twin(addr: SocketAddr) -> Option<IpAddr> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Some(Ipv6Addr::LOCALHOST.into()),
+        IpAddr::V4(ip) if ip.is_unspecified() => Some(Ipv6Addr::UNSPECIFIED.into()),
+        _ => None,
+    }
+}
+
+/// An IPv6-only listener (the IPv4 side has its own on the same port).
+fn bind_ipv6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }

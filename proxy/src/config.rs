@@ -198,6 +198,9 @@ pub struct OutboundConfig {
     /// Refuse captured traffic to destinations outside the mesh.
     pub registry_only: bool,
     pub detection_timeout: Duration,
+    /// iptables captures the pod's traffic (`--capture`): the listeners
+    /// also take the IPv6 side (`[::1]` / `[::]` on the same ports).
+    pub capture: bool,
 }
 
 /// The inbound listener and the application behind it.
@@ -370,6 +373,7 @@ impl Config {
                 connect_timeout: args.connect_timeout,
                 registry_only: args.outbound_traffic_policy == "REGISTRY_ONLY",
                 detection_timeout: args.protocol_detection_timeout,
+                capture: args.capture,
             },
             inbound: (args.capture || args.inbound_forward.is_some()).then_some(InboundConfig {
                 addr: args.inbound_addr,

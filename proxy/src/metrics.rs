@@ -163,7 +163,7 @@ impl Metrics {
         let circuit_overflow = Family::<DestinationLabels, Counter>::default();
         registry.register(
             "circuit_overflow",
-            "Requests and retries refused by connection-pool limits",
+            "Requests, retries and opaque TCP connections refused by connection-pool limits",
             circuit_overflow.clone(),
         );
         let endpoints = Family::<EndpointLabels, Gauge>::default();

@@ -8,6 +8,7 @@
 mod endpoints;
 mod policy;
 mod security;
+mod tcp;
 
 use std::collections::BTreeMap;
 
@@ -184,77 +185,6 @@ impl Compiler<'_> {
     }
 
     /// The route of a host no VirtualService routes: all of its endpoints.
-    /// One entry per address-bearing service and port: the first
-    /// VirtualService `tcp` route for the host whose port matches (or that
-    /// matches any port), else the service's own cluster on that port.
-    fn tcp_services(&mut self, rules: &RuleSet) -> Vec<api::TcpService> {
-        let mut out = Vec::new();
-        for service in self.endpoints.services.values() {
-            if service.addresses.is_empty() {
-                continue;
-            }
-            let routes: Vec<(&crate::types::TcpRoute, &str)> = rules
-                .virtual_services
-                .iter()
-                .filter(|vs| {
-                    vs.spec
-                        .hosts
-                        .iter()
-                        .any(|h| qualify(h, vs.namespace()) == service.host)
-                })
-                .flat_map(|vs| vs.spec.tcp.iter().map(move |r| (r, vs.namespace())))
-                .collect();
-            for port in &service.ports {
-                let matched = routes.iter().find(|(r, _)| {
-                    r.matches.is_empty()
-                        || r.matches
-                            .iter()
-                            .any(|m| m.port.is_none_or(|p| p == port.number))
-                });
-                let destinations = match matched {
-                    Some((route, ns)) => {
-                        let single = route.route.len() == 1;
-                        route
-                            .route
-                            .iter()
-                            .map(|d| api::WeightedCluster {
-                                cluster: self.cluster(
-                                    &qualify(&d.destination.host, ns),
-                                    d.destination.subset.as_deref().unwrap_or(""),
-                                    Some(
-                                        d.destination
-                                            .port
-                                            .as_ref()
-                                            .map_or(port.number, |p| p.number),
-                                    ),
-                                ),
-                                weight: match d.weight {
-                                    Some(w) => u32::try_from(w).unwrap_or(0),
-                                    None if single => 100,
-                                    None => 0,
-                                },
-                                ..Default::default()
-                            })
-                            .collect()
-                    }
-                    None => vec![api::WeightedCluster {
-                        cluster: self.cluster(&service.host, "", Some(port.number)),
-                        weight: 100,
-                        ..Default::default()
-                    }],
-                };
-                out.push(api::TcpService {
-                    service: service.host.clone(),
-                    addresses: service.addresses.clone(),
-                    port: port.number,
-                    destinations,
-                    opaque: policy::protocol(&port.protocol) == api::Protocol::Tcp,
-                });
-            }
-        }
-        out
-    }
-
     fn default_route(&mut self, host: &str) -> api::Route {
         api::Route {
             name: "default".into(),

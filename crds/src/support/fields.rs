@@ -10,7 +10,8 @@ const fn f(path: &'static str, support: Support) -> Field {
 
 const OPAQUE_TCP: &str =
     "TLS and HTTPS ports are not proxied: declare the port TCP to carry it as opaque bytes";
-const L4_MATCH: &str = "tcp routes match on the destination port only";
+const L4_MATCH: &str =
+    "tcp routes match on the destination port and the source (labels, namespace) only";
 const ONE_MESH: &str = "Trellis configures sidecars only (the \"mesh\" gateway)";
 const EXPORT: &str =
     "rules are visible to the whole mesh; per-namespace visibility is not implemented";
@@ -75,8 +76,8 @@ const VIRTUAL_SERVICE: &[Field] = &[
     f("tcp[].match", Enforced),
     f("tcp[].match[].port", Enforced),
     f("tcp[].match[].destinationSubnets", Refused(L4_MATCH)),
-    f("tcp[].match[].sourceLabels", Refused(L4_MATCH)),
-    f("tcp[].match[].sourceNamespace", Refused(L4_MATCH)),
+    f("tcp[].match[].sourceLabels", Map(None)),
+    f("tcp[].match[].sourceNamespace", Enforced),
     f("tcp[].route", Enforced),
     f("tcp[].route[].destination", Object("Destination")),
     f("tcp[].route[].weight", Enforced),

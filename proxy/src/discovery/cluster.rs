@@ -39,6 +39,8 @@ pub struct Cluster {
     pub budget: Arc<RetryBudget>,
     /// `connectionPool` request limits, when any is set.
     pub pool: Option<Arc<PoolLimit>>,
+    /// `connectionPool.tcp.maxConnections` for opaque TCP, when set.
+    pub tcp_connections: Option<Arc<ConnectionLimit>>,
     /// `connectionPool.http.maxRetries`, when set.
     pub retry_gate: Option<Arc<RetryGate>>,
     /// `rateLimit` of the destination, when set.
@@ -56,6 +58,27 @@ pub struct Endpoint {
     pub health: Arc<OutlierState>,
     /// Connections to this endpoint.
     pub pool: Arc<EndpointPool>,
+}
+
+/// Opaque TCP connections open at once to a destination, at most `max`.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    pub max: u32,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: u32) -> Self {
+        Self {
+            max,
+            permits: Arc::new(tokio::sync::Semaphore::new(max as usize)),
+        }
+    }
+
+    /// A connection's place, held until dropped; `None` at the limit.
+    pub fn try_open(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
 }
 
 /// The label marking an endpoint that runs a sidecar (Istio's).
@@ -235,6 +258,16 @@ impl Cluster {
                     _ => Arc::new(PoolLimit::new(active, pending)),
                 },
             );
+        let tcp_connections = pool_cfg
+            .map(|p| p.max_connections)
+            .filter(|max| *max > 0)
+            .map(
+                |max| match previous.and_then(|p| p.tcp_connections.clone()) {
+                    // same limit: keep the count of open connections
+                    Some(old) if old.max == max => old,
+                    _ => Arc::new(ConnectionLimit::new(max)),
+                },
+            );
         let retry_gate = pool_cfg
             .map(|p| p.max_retries)
             .filter(|m| *m > 0)
@@ -265,6 +298,7 @@ impl Cluster {
             rate_limit,
             mtls: c.endpoints.iter().any(|e| e.mtls),
             pool,
+            tcp_connections,
             retry_gate,
             name: c.name.clone(),
             service: c.service.clone(),

@@ -9,6 +9,7 @@ pub mod matcher;
 pub mod model;
 pub mod remote;
 pub mod static_file;
+pub mod tcp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

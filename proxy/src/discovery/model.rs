@@ -2,7 +2,6 @@
 //! into lookup tables with compiled matchers and shared cluster state.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use trellis_api as api;
 use super::cluster::{Cluster, Env};
 pub use super::error::ModelError;
 use super::matcher::{CompiledMatch, RequestView};
+use super::tcp::TcpTable;
 use crate::config::NodeConfig;
 use crate::inbound::policy::InboundPolicy;
 use crate::layers::rate_limit::RateLimit;
@@ -29,36 +29,9 @@ pub struct RouteTable {
     /// What the inbound side enforces for this workload.
     pub inbound: InboundPolicy,
     /// Captured opaque TCP by the address and port the application dialled.
-    tcp: HashMap<SocketAddr, Arc<TcpService>>,
+    pub tcp: TcpTable,
     /// The mesh's outboundTrafficPolicy is REGISTRY_ONLY.
     pub registry_only: bool,
-}
-
-/// Where opaque TCP to one service address and port goes.
-#[derive(Debug)]
-pub struct TcpService {
-    pub service: String,
-    /// Declared opaque: carried as bytes at once, without detection.
-    pub opaque: bool,
-    pub destinations: Vec<(Arc<Cluster>, u32)>,
-    total_weight: u32,
-}
-
-impl TcpService {
-    /// A cluster by weight.
-    pub fn pick(&self) -> Option<&Arc<Cluster>> {
-        if self.total_weight == 0 {
-            return self.destinations.first().map(|(c, _)| c);
-        }
-        let mut roll = fastrand::u32(0..self.total_weight);
-        for (cluster, weight) in &self.destinations {
-            if roll < *weight {
-                return Some(cluster);
-            }
-            roll -= weight;
-        }
-        self.destinations.last().map(|(c, _)| c)
-    }
 }
 
 #[derive(Debug)]
@@ -202,37 +175,7 @@ impl RouteTable {
                 routes,
             }));
         }
-        let mut tcp = HashMap::new();
-        for t in &config.tcp_services {
-            let mut destinations = Vec::new();
-            for d in &t.destinations {
-                match clusters.get(d.cluster.as_str()) {
-                    Some(c) => destinations.push((c.clone(), d.weight)),
-                    None => errors.push(ModelError::UnknownCluster {
-                        route: format!("tcp {}:{}", t.service, t.port),
-                        cluster: d.cluster.clone(),
-                    }),
-                }
-            }
-            let total_weight = destinations.iter().map(|(_, w)| *w).sum();
-            let service = Arc::new(TcpService {
-                service: t.service.clone(),
-                opaque: t.opaque,
-                destinations,
-                total_weight,
-            });
-            for address in &t.addresses {
-                let Ok(ip) = address.parse::<std::net::IpAddr>() else {
-                    errors.push(ModelError::BadAddress {
-                        service: t.service.clone(),
-                        address: address.clone(),
-                    });
-                    continue;
-                };
-                let port = u16::try_from(t.port).unwrap_or(0);
-                tcp.insert(SocketAddr::new(ip, port), service.clone());
-            }
-        }
+        let tcp = TcpTable::build(config, &clusters, node, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -265,11 +208,6 @@ impl RouteTable {
             tcp,
             registry_only: config.registry_only,
         })
-    }
-
-    /// The service captured opaque TCP to `addr` is for.
-    pub fn tcp_service(&self, addr: SocketAddr) -> Option<&Arc<TcpService>> {
-        self.tcp.get(&addr)
     }
 
     /// The cluster called `name`.

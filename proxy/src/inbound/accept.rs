@@ -3,6 +3,12 @@
 //! says (PERMISSIVE: a TLS record starts with 0x16). A STRICT listener
 //! drops a plaintext connection, and any connection whose certificate the
 //! verifier refuses, before a byte reaches the application.
+//!
+//! A captured plaintext connection is HTTP or opaque TCP by its first
+//! bytes, unless it is to an endpoint whose port a service declares
+//! opaque (TCP, MONGO, ...): that one is relayed at once. Under PERMISSIVE
+//! a server-first protocol still waits out the detection timeout for a TLS
+//! first byte; STRICT or DISABLE avoid that wait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,14 +74,16 @@ impl InboundHandshake {
     }
 
     /// A plaintext connection redirected to `port`: HTTP is served; anything
-    /// else is relayed to the application's port as opaque TCP.
+    /// else, or anything on a port declared opaque, is relayed to the
+    /// application's port as opaque TCP.
     async fn plain_captured(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         port: u16,
+        opaque: bool,
     ) -> Option<(TokioIo<MaybeTls>, PeerSecurity)> {
-        if detect(&stream, self.detection_timeout).await == Protocol::Http {
+        if !opaque && detect(&stream, self.detection_timeout).await == Protocol::Http {
             let security = PeerSecurity {
                 principal: None,
                 app_port: Some(port),
@@ -202,11 +210,16 @@ impl Handshake for InboundHandshake {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Option<(Self::Io, Self::Peer)> {
-        let app_port = original_dst(&stream).map(|a| a.port());
-        let mode = self.store.load().inbound.mtls;
+        let original = original_dst(&stream);
+        let app_port = original.map(|a| a.port());
+        let (mode, opaque) = {
+            let table = self.store.load();
+            let opaque = original.is_some_and(|a| table.tcp.is_opaque_endpoint(a));
+            (table.inbound.mtls, opaque)
+        };
         let plain = |stream| async move {
             match app_port {
-                Some(port) => self.plain_captured(stream, peer, port).await,
+                Some(port) => self.plain_captured(stream, peer, port, opaque).await,
                 None => Some((
                     TokioIo::new(MaybeTls::Plain(stream)),
                     PeerSecurity {

@@ -59,13 +59,23 @@ impl CaptureHandshake {
     /// Opaque TCP to `target`: a service of the mesh, else outside it.
     async fn opaque(&self, client: TcpStream, peer: SocketAddr, target: SocketAddr) {
         let table = self.store.load();
-        let Some(service) = table.tcp_service(target).cloned() else {
+        let Some(service) = table.tcp.service(target).cloned() else {
             drop(table);
             return self.passthrough(client, peer, target).await;
         };
         drop(table);
         let Some(cluster) = service.pick() else {
             return;
+        };
+        // `maxConnections`: over it the connection is closed (overflow).
+        let _place = match cluster.tcp_connections.as_ref().map(|l| l.try_open()) {
+            Some(None) => {
+                self.metrics.overflow(&cluster.service, &cluster.subset);
+                tracing::debug!(%peer, service = %service.service, "opaque connection over maxConnections");
+                return;
+            }
+            Some(Some(place)) => Some(place),
+            None => None,
         };
         // Any endpoint not ejected by outlier detection, at random.
         let now = tokio::time::Instant::now();
@@ -155,7 +165,8 @@ impl Handshake for CaptureHandshake {
         let declared_opaque = self
             .store
             .load()
-            .tcp_service(addr)
+            .tcp
+            .service(addr)
             .is_some_and(|s| s.opaque);
         let protocol = if declared_opaque {
             Protocol::Opaque
