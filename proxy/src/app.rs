@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
-use crate::config::{Config, DiscoveryConfig};
+use crate::config::{Config, ConnLimits, DiscoveryConfig};
 use crate::discovery::remote::Remote;
 use crate::discovery::static_file::StaticFile;
 use crate::discovery::{ConfigStore, Env};
@@ -134,6 +134,7 @@ impl App {
             forward,
             metrics.clone(),
             self.config.node.clone(),
+            self.config.request_limits,
         ));
         let drain = self.config.drain_timeout;
         let outbound = service_with(outbound, |o, req| async move { o.handle(req).await });
@@ -153,6 +154,7 @@ impl App {
                 outbound.clone(),
                 rx.clone(),
                 drain,
+                self.config.conn_limits,
             ));
         }
         if let Some(inbound) = self
@@ -168,6 +170,7 @@ impl App {
                 store.clone(),
                 metrics.clone(),
                 identity.clone(),
+                self.config.request_limits,
             ));
             let service = service_with(handler, |i, req| async move { i.handle(req).await });
             let handshake = InboundHandshake {
@@ -187,6 +190,7 @@ impl App {
                     service.clone(),
                     rx.clone(),
                     drain,
+                    self.config.conn_limits,
                 ));
             }
         }
@@ -197,7 +201,15 @@ impl App {
             app_probes: self.config.admin.app_probes.clone(),
         });
         let admin = service_with(admin, |a, req| async move { a.respond(req).await });
-        tasks.spawn(serve("admin", self.admin, Plaintext, admin, rx, drain));
+        tasks.spawn(serve(
+            "admin",
+            self.admin,
+            Plaintext,
+            admin,
+            rx,
+            drain,
+            ConnLimits::default(),
+        ));
         tracing::info!(%outbound_addr, %admin_addr, node = %self.config.node.id, "proxy started");
         Ok(Running {
             outbound_addr,

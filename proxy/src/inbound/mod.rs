@@ -14,17 +14,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use self::accept::PeerSecurity;
 use self::policy::RequestFacts;
-use crate::body::{self, BoxError, ProxyBody, RequestBody};
+use crate::body::{self, BoxError, ClientBody, ProxyBody, RequestBody};
+use crate::config::RequestLimits;
 use crate::discovery::ConfigStore;
 use crate::identity::Identity;
 use crate::metrics::{DurationLabels, Metrics};
+use crate::outbound::head::admit;
 use crate::outbound::headers::strip_hop_by_hop;
 use crate::outbound::local_reply::{is_grpc, Reason};
 use crate::transport::pool::{EndpointPool, PoolConfig};
@@ -41,6 +42,7 @@ pub struct Inbound {
     service: String,
     metrics: Arc<Metrics>,
     identity: Option<Arc<Identity>>,
+    limits: RequestLimits,
 }
 
 /// Tells the application who called: `By=<this workload>;URI=<the peer>`
@@ -56,6 +58,7 @@ impl Inbound {
         store: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         identity: Option<Arc<Identity>>,
+        limits: RequestLimits,
     ) -> Self {
         let config = PoolConfig {
             http2: false,
@@ -71,6 +74,7 @@ impl Inbound {
             service: service.to_string(),
             metrics,
             identity,
+            limits,
         }
     }
 
@@ -85,7 +89,8 @@ impl Inbound {
                 app_port: None,
             });
         let grpc = is_grpc(req.headers());
-        let (response, reason) = match self.authorize(req, &peer) {
+        let admitted = admit(req, &self.limits);
+        let (response, reason) = match admitted.and_then(|req| self.authorize(req, &peer)) {
             Ok(request) => self.forward(request, peer.app_port, grpc).await,
             Err(reason) => (reason.reply(reason.status(), grpc), reason.as_str()),
         };
@@ -115,7 +120,7 @@ impl Inbound {
     /// will be forwarded, or why not.
     fn authorize(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: &PeerSecurity,
     ) -> Result<Request<RequestBody>, Reason> {
         let (mut parts, incoming) = req.into_parts();
@@ -139,16 +144,7 @@ impl Inbound {
             );
             return Err(Reason::RbacDenied);
         }
-        // HTTP/2 names the authority only in the URI: the app gets it as Host.
-        if !parts.headers.contains_key(HOST) {
-            if let Some(host) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(HOST, host);
-            }
-        }
+        // `admit` left one Host, the request's authority (HTTP/2's too).
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(XFCC);
         if let Some(principal) = &peer.principal {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tower::util::Either;
 use tower::ServiceExt;
 
@@ -18,7 +17,7 @@ use super::local_reply::Reason;
 use super::mirror::{request_head, Mirrors};
 use super::request::prepare;
 use super::sample::chance;
-use crate::body::{self, ProxyBody, RequestBody, REPLAY_LIMIT};
+use crate::body::{self, ClientBody, ProxyBody, RequestBody, REPLAY_LIMIT};
 use crate::discovery::cluster::HashPolicy;
 use crate::discovery::model::{Route, WeightedCluster};
 use crate::layers::balance::{stable_hash, Balance};
@@ -63,7 +62,7 @@ impl Forward {
 
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         route: &Route,
         destination: &WeightedCluster,
     ) -> Result<Response<ProxyBody>, LocalReply> {
@@ -92,7 +91,7 @@ impl Forward {
         let mut body = match &route.retry {
             Some(_) => RequestBody::read(incoming, REPLAY_LIMIT)
                 .await
-                .map_err(|_| Reason::BadRequest)?,
+                .map_err(|e| Reason::of(&e.into()))?,
             None => RequestBody::streaming(incoming),
         };
         if let Some(head) = &head {

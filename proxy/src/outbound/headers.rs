@@ -1,6 +1,9 @@
 //! Header handling on the way through: hop-by-hop headers are not
 //! forwarded (but `te: trailers`, which gRPC needs, is), and routes'
-//! set/add/remove operations are applied.
+//! set/add/remove operations are applied. `Connection` cannot make an
+//! end-to-end header the proxy relies on hop-by-hop: `Host`, the body's
+//! `Content-Length`, and the headers the proxy adds itself (`x-request-id`,
+//! `x-forwarded-client-cert`) stay whatever it names.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, TE, TRANSFER_ENCODING,
@@ -10,6 +13,14 @@ use trellis_api::HeaderOperations;
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers `Connection` may name without effect.
+fn end_to_end(name: &HeaderName) -> bool {
+    name == http::header::HOST
+        || name == http::header::CONTENT_LENGTH
+        || name.as_str() == "x-request-id"
+        || name.as_str() == "x-forwarded-client-cert"
+}
 
 fn hop_by_hop() -> [HeaderName; 7] {
     [
@@ -36,6 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !end_to_end(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -93,6 +105,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_cannot_name_end_to_end_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("host, x-request-id, X-Forwarded-Client-Cert, content-length"),
+        );
+        for name in [
+            "host",
+            "x-request-id",
+            "x-forwarded-client-cert",
+            "content-length",
+        ] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]

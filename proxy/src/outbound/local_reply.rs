@@ -3,7 +3,7 @@
 
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{self, BoxError, ProxyBody};
+use crate::body::{self, BodyTooSlow, BoxError, ProxyBody};
 use crate::layers::balance::NoEndpoint;
 use crate::layers::breaker::Overflow;
 use crate::layers::retry::RetriesExhausted;
@@ -46,6 +46,14 @@ pub enum Reason {
     InvalidPath,
     /// A route's or destination's `rateLimit` bucket is empty.
     RateLimited,
+    /// The request target is over the limit.
+    UriTooLong,
+    /// The request's header section is over the limit.
+    HeadersTooLarge,
+    /// `CONNECT`: the sidecar does not tunnel.
+    MethodNotAllowed,
+    /// The client's body stalled or trickled below the minimum rate.
+    BodyTimeout,
 }
 
 impl Reason {
@@ -62,6 +70,10 @@ impl Reason {
             Self::RbacDenied => StatusCode::FORBIDDEN,
             Self::InvalidPath => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -80,6 +92,10 @@ impl Reason {
             Self::RbacDenied => "rbac-denied",
             Self::InvalidPath => "invalid-path",
             Self::RateLimited => "rate-limited",
+            Self::UriTooLong => "uri-too-long",
+            Self::HeadersTooLarge => "headers-too-large",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::BodyTimeout => "request-body-timeout",
         }
     }
 
@@ -90,7 +106,11 @@ impl Reason {
     pub fn of(error: &BoxError) -> Self {
         let error: &(dyn std::error::Error + 'static) = error.as_ref();
         if is_client_fault(error) {
-            return Self::BadRequest;
+            return if chain(error).any(|e| e.is::<BodyTooSlow>()) {
+                Self::BodyTimeout
+            } else {
+                Self::BadRequest
+            };
         }
         for e in chain(error) {
             if let Some(LocalError(reason)) = e.downcast_ref::<LocalError>() {
@@ -155,6 +175,10 @@ impl Reason {
             Self::RbacDenied => 7,  // PERMISSION_DENIED
             Self::RateLimited => 8, // RESOURCE_EXHAUSTED
             Self::BadRequest | Self::InvalidPath => INTERNAL,
+            Self::UriTooLong
+            | Self::HeadersTooLarge
+            | Self::MethodNotAllowed
+            | Self::BodyTimeout => 2, // UNKNOWN, as Envoy maps these statuses
             Self::FaultAbort => match status.as_u16() {
                 400 => INTERNAL,
                 401 => 16, // UNAUTHENTICATED

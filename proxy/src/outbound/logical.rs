@@ -9,9 +9,10 @@ use hyper::body::Incoming;
 
 use super::capture::{OriginalDst, PASSTHROUGH};
 use super::forward::{Forward, LocalReply};
+use super::head::admit;
 use super::local_reply::{is_grpc, Reason};
-use crate::body::{self, ProxyBody, RequestBody};
-use crate::config::NodeConfig;
+use crate::body::{self, ClientBody, ProxyBody, RequestBody};
+use crate::config::{NodeConfig, RequestLimits};
 use crate::discovery::matcher::RequestView;
 use crate::discovery::model::{Route, WeightedCluster};
 use crate::discovery::{ConfigStore, RouteTable};
@@ -24,6 +25,7 @@ pub struct Outbound {
     forward: Forward,
     metrics: Arc<Metrics>,
     node: NodeConfig,
+    limits: RequestLimits,
 }
 
 /// What a request was routed to, for metrics.
@@ -40,17 +42,27 @@ impl Outbound {
         forward: Forward,
         metrics: Arc<Metrics>,
         node: NodeConfig,
+        limits: RequestLimits,
     ) -> Self {
         Self {
             store,
             forward,
             metrics,
             node,
+            limits,
         }
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
+        let mut req = match admit(req, &self.limits) {
+            Ok(req) => req,
+            Err(reason) => {
+                let resp = reason.reply(reason.status(), false);
+                self.record(None, resp.status(), reason.as_str(), start);
+                return resp;
+            }
+        };
         ensure_request_id(req.headers_mut());
         let table = self.store.load();
         if let Some(original) = req.extensions().get::<OriginalDst>() {
@@ -76,7 +88,7 @@ impl Outbound {
     async fn route<'t>(
         &self,
         table: &'t RouteTable,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<(Response<ProxyBody>, Target<'t>), (LocalReply, Option<Target<'t>>)> {
         let fail = |reason: Reason| (LocalReply::from(reason), None);
         let authority = request_authority(&req).ok_or_else(|| fail(Reason::BadRequest))?;
@@ -139,7 +151,7 @@ impl Outbound {
     async fn passthrough(
         &self,
         original: OriginalDst,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         start: Instant,
     ) -> Response<ProxyBody> {
         let grpc = is_grpc(req.headers());

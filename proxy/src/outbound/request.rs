@@ -23,13 +23,7 @@ pub fn prepare(
     extra: Option<&HeaderOperations>,
     shadow: bool,
 ) -> Result<(), Reason> {
-    // An HTTP/2 request names its authority only in the URI: keep it as Host.
-    if !parts.headers.contains_key(HOST) {
-        if let Some(a) = parts.uri.authority() {
-            let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reason::BadRequest)?;
-            parts.headers.insert(HOST, host);
-        }
-    }
+    // `head::admit` left one Host, the authority routed on (HTTP/2's too).
     if let Some(authority) = route
         .rewrite
         .as_ref()
@@ -64,6 +58,10 @@ pub fn prepare(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
     headers::strip_hop_by_hop(&mut parts.headers);
+    // Before the form: a `host` the operations set becomes HTTP/2's
+    // :authority instead of a second, disagreeing authority.
+    headers::apply(&mut parts.headers, route.request_headers.as_ref());
+    headers::apply(&mut parts.headers, extra);
     if protocol == Protocol::Http2 {
         // HTTP/2 carries the authority as :authority, from the URI.
         into_http2_form(parts, path_and_query).map_err(|_| Reason::BadRequest)?;
@@ -71,8 +69,6 @@ pub fn prepare(
         parts.uri = Uri::from(path_and_query);
         parts.version = Version::HTTP_11;
     }
-    headers::apply(&mut parts.headers, route.request_headers.as_ref());
-    headers::apply(&mut parts.headers, extra);
     Ok(())
 }
 

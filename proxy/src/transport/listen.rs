@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::body::ProxyBody;
+use crate::config::ConnLimits;
 
 /// The client's address, in every request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +85,24 @@ where
     })
 }
 
+/// Requests of one connection: in flight, and served so far.
+#[derive(Debug, Default)]
+struct Activity {
+    active: AtomicUsize,
+    served: AtomicU64,
+}
+
+/// Decrements the connection's in-flight count when the response (head)
+/// is ready or the request is dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.served.fetch_add(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves `listener` until `shutdown` flips, then gives open connections up
 /// to `drain` to finish their requests.
 pub async fn serve<S, H: Handshake>(
@@ -91,8 +110,9 @@ pub async fn serve<S, H: Handshake>(
     listener: TcpListener,
     handshake: H,
     service: S,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     drain: Duration,
+    limits: ConnLimits,
 ) where
     S: hyper::service::Service<
             Request<Incoming>,
@@ -104,14 +124,18 @@ pub async fn serve<S, H: Handshake>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
+    // Every connection task holds a sender; draining waits for the last.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mut stop = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -119,23 +143,15 @@ pub async fn serve<S, H: Handshake>(
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(listener = name, %peer, error = %e, "set_nodelay failed");
                     }
-                    let inner = service.clone();
-                    let watcher = graceful.watcher();
-                    let handshake = handshake.clone();
-                    let builder = builder.clone();
-                    tokio::spawn(async move {
-                        let Some((io, info)) = handshake.handshake(stream, peer).await else {
-                            return;
-                        };
-                        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                            H::extend(&info, req.extensions_mut());
-                            inner.call(req)
-                        });
-                        let conn = builder.serve_connection(io, svc).into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(listener = name, %peer, error = %e, "connection closed with error");
-                        }
-                    });
+                    let conn = Connection {
+                        name,
+                        peer,
+                        limits,
+                        shutdown: shutdown.clone(),
+                        _open: open.clone(),
+                        connections: connections.clone(),
+                    };
+                    tokio::spawn(conn.run(stream, handshake.clone(), service.clone(), builder.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -143,12 +159,14 @@ pub async fn serve<S, H: Handshake>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         }
     }
     drop(listener);
-    tracing::info!(listener = name, connections = graceful.count(), "draining");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    drop(open);
+    let open_now = connections.load(Ordering::Relaxed);
+    tracing::info!(listener = name, connections = open_now, "draining");
+    if tokio::time::timeout(drain, all_closed.recv())
         .await
         .is_err()
     {
@@ -156,5 +174,90 @@ pub async fn serve<S, H: Handshake>(
             listener = name,
             "drain timed out; closing remaining connections"
         );
+    }
+}
+
+/// One accepted connection's task.
+struct Connection {
+    name: &'static str,
+    peer: SocketAddr,
+    limits: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped when the connection ends.
+    _open: tokio::sync::mpsc::Sender<()>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Connection {
+    async fn run<S, H: Handshake>(
+        mut self,
+        stream: TcpStream,
+        handshake: H,
+        service: S,
+        builder: Arc<auto::Builder<TokioExecutor>>,
+    ) where
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<ProxyBody>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let (name, peer) = (self.name, self.peer);
+        let Some((io, info)) = handshake.handshake(stream, peer).await else {
+            return;
+        };
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::default());
+        let counted = activity.clone();
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            H::extend(&info, req.extensions_mut());
+            counted.active.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight(counted.clone());
+            let response = service.clone().call(req);
+            async move {
+                let response = response.await;
+                drop(in_flight);
+                response
+            }
+        });
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let idle = tokio::time::sleep(self.limits.idle_timeout);
+        tokio::pin!(idle);
+        let mut served_then = 0;
+        let mut closing = *self.shutdown.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(listener = name, %peer, error = %e, "connection closed with error");
+                    }
+                    break;
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = &mut idle, if !closing => {
+                    let served = activity.served.load(Ordering::Relaxed);
+                    if activity.active.load(Ordering::Relaxed) == 0 && served == served_then {
+                        tracing::debug!(listener = name, %peer, "idle connection closed");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        served_then = served;
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.limits.idle_timeout);
+                    }
+                }
+            }
+        }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

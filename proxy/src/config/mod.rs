@@ -10,6 +10,10 @@ use std::time::Duration;
 use clap::Parser;
 use trellis_api::tls::channel;
 
+mod limits;
+
+pub use limits::{BodyPace, ConnLimits, HeadLimits, LimitArgs, RequestLimits};
+
 /// `trellis-proxy` flags (each also read from a `TRELLIS_*` variable).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "trellis-proxy", version, about = "The Trellis sidecar proxy")]
@@ -124,6 +128,8 @@ pub struct Args {
     /// the application's last calls).
     #[arg(long, env = "TRELLIS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -175,6 +181,10 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// Runtime worker threads (1 = a current-thread runtime).
     pub workers: usize,
+    /// What requests must keep to, on the outbound and inbound listeners.
+    pub request_limits: RequestLimits,
+    /// Connection timeouts and the largest request head.
+    pub conn_limits: ConnLimits,
 }
 
 /// Who this sidecar is.
@@ -392,6 +402,8 @@ impl Config {
             drain_timeout: args.drain_timeout,
             shutdown_delay: args.shutdown_delay,
             workers: usize::from(args.workers),
+            request_limits: args.limits.request(),
+            conn_limits: args.limits.conn(),
         })
     }
 }

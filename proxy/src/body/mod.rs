@@ -1,8 +1,12 @@
 //! The body type of every response the proxy returns: a streamed upstream
 //! body or a small local reply, boxed behind one type.
 
+mod client;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+
+pub use client::{BodyTooSlow, ClientBody, ClientBodyError};
 
 /// Error of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,12 +30,6 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// The client's request body failed (cut off, bad framing): the client's
-/// fault, never the endpoint's.
-#[derive(Debug, thiserror::Error)]
-#[error("request body from the client")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
-
 /// Bodies up to this size are buffered so a retry can send them again.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 
@@ -46,7 +44,7 @@ pub enum RequestBody {
     },
     Streaming {
         prefix: Option<Bytes>,
-        rest: hyper::body::Incoming,
+        rest: ClientBody,
         /// A copy kept for mirrors, while the body stays small enough.
         tee: Option<Box<Tee>>,
     },
@@ -105,7 +103,7 @@ impl RequestBody {
     }
 
     /// Reads `body` until its end or until more than `limit` bytes arrived.
-    pub async fn read(mut body: hyper::body::Incoming, limit: usize) -> Result<Self, hyper::Error> {
+    pub async fn read(mut body: ClientBody, limit: usize) -> Result<Self, ClientBodyError> {
         use http_body::Body as _;
         if body.is_end_stream() {
             return Ok(Self::empty()); // no body: nothing to read or allocate
@@ -150,7 +148,7 @@ impl RequestBody {
 
 impl RequestBody {
     /// A body streamed as it arrives.
-    pub fn streaming(rest: hyper::body::Incoming) -> Self {
+    pub fn streaming(rest: ClientBody) -> Self {
         Self::Streaming {
             prefix: None,
             rest,
@@ -224,7 +222,7 @@ impl http_body::Body for RequestBody {
                 }
                 // The client's body failing is the client's fault: say so
                 // in the error's type, whatever the upstream side makes of it.
-                polled.map_err(|e| BoxError::from(ClientBodyError(e)))
+                polled.map_err(BoxError::from)
             }
         }
     }
