@@ -32,6 +32,13 @@ impl FieldPath {
         next
     }
 
+    /// `self` followed by every segment of `rest`.
+    pub fn join(&self, rest: &FieldPath) -> Self {
+        let mut next = self.clone();
+        next.0.extend(rest.0.iter().cloned());
+        next
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.0
     }

@@ -24,7 +24,7 @@ pub mod crd;
 
 pub use compile::{compile, Endpoints, Instance, Service, ServicePortSpec};
 pub use diagnostic::{Diagnostic, Diagnostics, FieldPath};
-pub use load::{load_files, load_str, RuleSet};
+pub use load::{load_files, load_str, RuleSet, MAX_FLOW_DEPTH, MAX_SOURCE_BYTES};
 pub use resource::{ObjectMeta, Origin, Resource, ResourceStatus};
 pub use validate::validate;
 

@@ -3,6 +3,12 @@
 //! Each document is parsed into a YAML tree, dispatched on `kind`, then typed;
 //! a typing error is located in the file through its field path. Every
 //! document is tried, so one bad document does not hide the others' errors.
+//! A file over the size or nesting bounds is refused before it is parsed;
+//! a file with no document at all (empty, comments only) is an error, as a
+//! half-written file would be: no rules is written as an empty `List`.
+//! A `v1` `List` (what `kubectl get -o yaml` prints) is read item by item.
+
+mod bounds;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +19,8 @@ use crate::diagnostic::{Diagnostic, Diagnostics, FieldPath};
 use crate::locate::locate;
 use crate::resource::{Origin, Resource, NETWORKING_API_VERSIONS, SECURITY_API_VERSIONS};
 use crate::support;
+pub use bounds::{MAX_FLOW_DEPTH, MAX_SOURCE_BYTES};
+
 use crate::types::{
     AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec, ServiceEntrySpec,
     VirtualServiceSpec,
@@ -58,10 +66,32 @@ impl RuleSet {
 
 /// Parses every document of `source` (named `file` in errors).
 pub fn load_str(file: &str, source: &str) -> Result<RuleSet, Diagnostics> {
+    let whole = |line: Option<usize>, column: Option<usize>, message: String| {
+        Err(Diagnostics(vec![Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            path: String::new(),
+            message,
+        }]))
+    };
+    if source.len() > MAX_SOURCE_BYTES {
+        let message = format!(
+            "the file is {} bytes; rule files are limited to {} MiB",
+            source.len(),
+            MAX_SOURCE_BYTES >> 20
+        );
+        return whole(None, None, message);
+    }
+    if let Some((line, column)) = bounds::too_deep(source, MAX_FLOW_DEPTH) {
+        let message = format!("collections nested deeper than {MAX_FLOW_DEPTH} levels");
+        return whole(Some(line), Some(column), message);
+    }
     let file: Arc<str> = Arc::from(file);
     let text: Arc<str> = Arc::from(source);
     let mut rules = RuleSet::default();
     let mut errors = Vec::new();
+    let mut documents = 0;
     for (index, document) in serde_yaml::Deserializer::from_str(source).enumerate() {
         let value: serde_yaml::Value = match serde::Deserialize::deserialize(document) {
             Ok(value) => value,
@@ -77,14 +107,25 @@ pub fn load_str(file: &str, source: &str) -> Result<RuleSet, Diagnostics> {
                 break;
             }
         };
+        if value.is_null() {
+            continue; // `---` with nothing after it, or only comments
+        }
+        documents += 1;
         let origin = Origin {
             file: file.clone(),
             document: index,
             source: text.clone(),
+            base: FieldPath::root(),
         };
-        if let Err(mut d) = load_document(value, origin, &mut rules) {
+        if let Err(mut d) = load_list_or_document(value, origin, &mut rules) {
             errors.append(&mut d);
         }
+    }
+    if documents == 0 && errors.is_empty() {
+        let message = "no YAML document (the file is empty or only comments); write no rules as \
+                       `apiVersion: v1`, `kind: List`, `items: []`"
+            .to_string();
+        return whole(None, None, message);
     }
     if errors.is_empty() {
         Ok(rules)
@@ -121,9 +162,55 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<RuleSet, Diagnostics> {
     }
 }
 
+/// A `v1` `List`'s items one by one, else the document itself.
+fn load_list_or_document(
+    value: serde_yaml::Value,
+    origin: Origin,
+    rules: &mut RuleSet,
+) -> Result<(), Vec<Diagnostic>> {
+    let is_list = value.get("apiVersion").and_then(serde_yaml::Value::as_str) == Some("v1")
+        && value.get("kind").and_then(serde_yaml::Value::as_str) == Some("List");
+    if !is_list {
+        return load_document(value, origin, FieldPath::root(), rules);
+    }
+    let items = match value.get("items") {
+        None | Some(serde_yaml::Value::Null) => return Ok(()),
+        Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+        Some(_) => {
+            let path = FieldPath::root().key("items");
+            let position = locate(&origin.source, origin.document, &path);
+            return Err(vec![Diagnostic {
+                file: origin.file.to_string(),
+                line: position.map(|p| p.0),
+                column: position.map(|p| p.1),
+                path: path.to_string(),
+                message: "a List's items must be a sequence".into(),
+            }]);
+        }
+    };
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let base = FieldPath::root().key("items").index(i);
+        let origin = Origin {
+            base: base.clone(),
+            ..origin.clone()
+        };
+        if let Err(mut e) = load_document(item, origin, base, rules) {
+            errors.append(&mut e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// One document (or List item) at `base` in its YAML document.
 fn load_document(
     value: serde_yaml::Value,
     origin: Origin,
+    base: FieldPath,
     rules: &mut RuleSet,
 ) -> Result<(), Vec<Diagnostic>> {
     let at = |path: FieldPath, message: String| {
@@ -136,7 +223,7 @@ fn load_document(
             message,
         }]
     };
-    let root = FieldPath::root();
+    let root = base.clone();
     let mapping = match &value {
         serde_yaml::Value::Null => return Ok(()),
         serde_yaml::Value::Mapping(m) => m,
@@ -196,25 +283,25 @@ fn load_document(
     if !refused.is_empty() {
         return Err(refused
             .into_iter()
-            .flat_map(|(path, message)| at(path, message))
+            .flat_map(|(path, message)| at(base.join(&path), message))
             .collect());
     }
     match kind {
         "VirtualService" => rules
             .virtual_services
-            .push(typed::<VirtualServiceSpec>(value, &origin, at)?),
+            .push(typed::<VirtualServiceSpec>(value, &origin, &base, at)?),
         "DestinationRule" => rules
             .destination_rules
-            .push(typed::<DestinationRuleSpec>(value, &origin, at)?),
+            .push(typed::<DestinationRuleSpec>(value, &origin, &base, at)?),
         "PeerAuthentication" => rules
             .peer_authentications
-            .push(typed::<PeerAuthenticationSpec>(value, &origin, at)?),
+            .push(typed::<PeerAuthenticationSpec>(value, &origin, &base, at)?),
         "AuthorizationPolicy" => rules
             .authorization_policies
-            .push(typed::<AuthorizationPolicySpec>(value, &origin, at)?),
+            .push(typed::<AuthorizationPolicySpec>(value, &origin, &base, at)?),
         _ => rules
             .service_entries
-            .push(typed::<ServiceEntrySpec>(value, &origin, at)?),
+            .push(typed::<ServiceEntrySpec>(value, &origin, &base, at)?),
     }
     Ok(())
 }
@@ -222,6 +309,7 @@ fn load_document(
 fn typed<S: DeserializeOwned>(
     value: serde_yaml::Value,
     origin: &Origin,
+    base: &FieldPath,
     at: impl Fn(FieldPath, String) -> Vec<Diagnostic>,
 ) -> Result<Resource<S>, Vec<Diagnostic>> {
     match serde_path_to_error::deserialize::<_, Resource<S>>(value) {
@@ -230,21 +318,20 @@ fn typed<S: DeserializeOwned>(
             Ok(resource)
         }
         Err(e) => {
-            let path = to_field_path(e.path());
+            let path = to_field_path(base, e.path());
             Err(at(path, bare_message(&e.inner().to_string())))
         }
     }
 }
 
-fn to_field_path(path: &serde_path_to_error::Path) -> FieldPath {
+fn to_field_path(base: &FieldPath, path: &serde_path_to_error::Path) -> FieldPath {
     use serde_path_to_error::Segment as S;
-    path.iter()
-        .fold(FieldPath::root(), |p, segment| match segment {
-            S::Seq { index } => p.index(*index),
-            S::Map { key } => p.key(key.clone()),
-            S::Enum { variant } => p.key(variant.clone()),
-            S::Unknown => p.key("?"),
-        })
+    path.iter().fold(base.clone(), |p, segment| match segment {
+        S::Seq { index } => p.index(*index),
+        S::Map { key } => p.key(key.clone()),
+        S::Enum { variant } => p.key(variant.clone()),
+        S::Unknown => p.key("?"),
+    })
 }
 
 /// serde_yaml's message without the position suffix we report separately.

@@ -84,6 +84,9 @@ pub struct Origin {
     pub file: Arc<str>,
     pub document: usize,
     pub source: Arc<str>,
+    /// Where the resource sits in its YAML document: the root, or
+    /// `items[i]` of a `List`.
+    pub base: crate::diagnostic::FieldPath,
 }
 
 /// `status` of the CRDs: conditions the control plane writes back.

@@ -335,6 +335,15 @@ impl Metrics {
     }
 
     /// The `trellis_outlier_panic_total` counter of a destination.
+    /// Drops the series of a destination the config no longer has, so a
+    /// replaced config leaves no metrics (and no memory) behind.
+    pub fn forget_destination(&self, service: &str, subset: &str) {
+        let labels = destination(service, subset);
+        self.outlier_ejections.remove(&labels);
+        self.outlier_panic.remove(&labels);
+        self.circuit_overflow.remove(&labels);
+    }
+
     pub fn panics_of(&self, service: &str, subset: &str) -> Counter {
         self.outlier_panic
             .get_or_create(&destination(service, subset))

@@ -59,6 +59,7 @@ pub fn rule_set<'a>(
             file: format!("{} {}/{}", key.kind, key.namespace, key.name).into(),
             document: 0,
             source: "".into(),
+            base: Default::default(),
         };
         let refused = refused_fields(&key.kind, document);
         let result = if !refused.is_empty() {

@@ -101,3 +101,69 @@ spec:
     assert_eq!(abort.percent, Some(100));
     assert_eq!(rules.virtual_services[0].namespace(), "bookinfo");
 }
+
+#[test]
+fn an_empty_or_comment_only_file_is_an_error_an_empty_list_is_not() {
+    for text in ["", "\n\n", "# only a comment\n", "---\n# nothing\n---\n"] {
+        let errors = load_str("rules.yaml", text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{text:?}");
+        assert!(errors.0[0].message.contains("no YAML document"), "{errors}");
+    }
+    let empty =
+        load_str("rules.yaml", "apiVersion: v1\nkind: List\nitems: []\n").expect("explicit");
+    assert!(empty.is_empty());
+}
+
+#[test]
+fn a_list_is_read_item_by_item_and_errors_name_the_item() {
+    let item = CANARY.split("---").next().expect("first document");
+    let indented: String = item
+        .trim()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("- {l}\n")
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    let list = format!("apiVersion: v1\nkind: List\nitems:\n{indented}");
+    let rules = load_str("list.yaml", &list).expect("valid");
+    assert_eq!(rules.virtual_services.len(), 1);
+    let bad = list.replace("weight: 10", "weight: ten");
+    let errors = load_str("list.yaml", &bad).unwrap_err();
+    assert_eq!(errors.0[0].path, "items[0].spec.http[0].route[1].weight");
+    assert_eq!(errors.0[0].line, Some(15), "{errors}");
+    let invalid = list.replace("weight: 10", "weight: 20");
+    let rules = load_str("list.yaml", &invalid).expect("loads");
+    let errors = crate::validate(&rules);
+    assert!(
+        errors
+            .0
+            .iter()
+            .any(|d| d.path.starts_with("items[0].spec.http[0]") && d.line.is_some()),
+        "{errors}"
+    );
+}
+
+#[test]
+fn oversized_and_deeply_nested_files_are_refused_before_parsing() {
+    let deep = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\nspec:\n  hosts: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let started = std::time::Instant::now();
+    let errors = load_str("deep.yaml", &deep).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(errors.0[0].line, Some(5));
+    assert!(
+        errors.0[0].message.contains("nested deeper than 64"),
+        "{errors}"
+    );
+    let big = format!("# {}\n", "x".repeat(MAX_SOURCE_BYTES));
+    let errors = load_str("big.yaml", &big).unwrap_err();
+    assert!(errors.0[0].message.contains("limited to 8 MiB"), "{errors}");
+}

@@ -70,6 +70,10 @@ struct At<'a> {
 
 impl At<'_> {
     fn error(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let path = &match self.origin {
+            Some(o) => o.base.join(path),
+            None => path.clone(),
+        };
         let position = self
             .origin
             .and_then(|o| locate(&o.source, o.document, path));

@@ -10,6 +10,7 @@ pub mod model;
 pub mod remote;
 pub mod static_file;
 pub mod tcp;
+pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,18 +55,39 @@ impl ConfigStore {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Builds `config` for this node and puts it in service (counted as a
+    /// Builds `config` for this node on the config thread (never on the
+    /// thread serving requests) and puts it in service (counted as a
     /// successful reload); the reasons when it cannot run, in which case
     /// the last config stays.
-    pub fn install(
+    pub async fn install(
         &self,
-        config: &api::ProxyConfig,
+        config: Arc<api::ProxyConfig>,
         node: &NodeConfig,
         env: &Env,
     ) -> Result<(), Vec<String>> {
         let previous = self.load();
-        match RouteTable::build(config, node, Some(&previous), env) {
+        let (built, node, env_copy) = (config.clone(), node.clone(), env.clone());
+        let table =
+            worker::run(move || RouteTable::build(&built, &node, Some(&previous), &env_copy))
+                .await
+                .map_err(|e| vec![format!("building the config failed: {e}")])?;
+        match table {
             Ok(table) => {
+                let old = self.load();
+                for gone in old
+                    .clusters
+                    .iter()
+                    .filter(|c| table.cluster(&c.name).is_none())
+                {
+                    if !table
+                        .clusters
+                        .iter()
+                        .any(|c| c.service == gone.service && c.subset == gone.subset)
+                    {
+                        env.metrics.forget_destination(&gone.service, &gone.subset);
+                    }
+                }
+                drop(old);
                 self.store(table);
                 env.metrics
                     .config_version

@@ -65,7 +65,7 @@ impl Remote {
 
     /// Serves the persisted config if any, then streams until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        self.restore();
+        self.restore().await;
         if let Some(dir) = self.state_dir.clone() {
             let (tx, rx) = watch::channel(Arc::from(Vec::new()));
             tokio::spawn(write_accepted(dir, rx));
@@ -144,7 +144,7 @@ impl Remote {
             .map_err(|s| s.message().to_string())?
         {
             *received = true;
-            let answer = self.accept(push);
+            let answer = self.accept(push).await;
             tx.send(answer)
                 .await
                 .map_err(|_| "stream closed".to_string())?;
@@ -153,7 +153,7 @@ impl Remote {
     }
 
     /// Applies a push if it can run; the ACK or NACK that answers it.
-    fn accept(&mut self, push: api::DiscoveryResponse) -> api::DiscoveryRequest {
+    async fn accept(&mut self, push: api::DiscoveryResponse) -> api::DiscoveryRequest {
         let mut answer = api::DiscoveryRequest {
             response_nonce: push.nonce,
             ..Default::default()
@@ -166,8 +166,10 @@ impl Remote {
             )]),
             Some(mut config) => {
                 config.version = push.version;
+                let config = Arc::new(config);
                 self.store
-                    .install(&config, &self.node, &self.env)
+                    .install(config.clone(), &self.node, &self.env)
+                    .await
                     .map(|()| config)
             }
         };
@@ -200,7 +202,7 @@ impl Remote {
     }
 
     /// Serves the config persisted under `--state-dir`, if any.
-    fn restore(&mut self) {
+    async fn restore(&mut self) {
         let Some(dir) = &self.state_dir else { return };
         let path = dir.join(STATE_FILE);
         let bytes = match std::fs::read(&path) {
@@ -218,7 +220,12 @@ impl Remote {
                 return;
             }
         };
-        match self.store.install(&config, &self.node, &self.env) {
+        let config = Arc::new(config);
+        match self
+            .store
+            .install(config.clone(), &self.node, &self.env)
+            .await
+        {
             Ok(()) => {
                 self.version = config.version;
                 self.hash = hash(&bytes);

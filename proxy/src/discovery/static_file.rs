@@ -1,7 +1,9 @@
 //! Static mode: rules and ServiceEntry endpoints from one YAML file, checked
 //! for changes every interval. A valid change is compiled and swapped in; an
 //! invalid one is logged with every error, counted, and the last good config
-//! keeps serving.
+//! keeps serving. Loading, validating and compiling run on the config
+//! thread, so a large or hostile file never stalls requests or the admin
+//! port; a file over the loader's size bound is refused unread.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use trellis_crds::{compile, load_str, validate, Endpoints};
+use trellis_crds::{compile, load_str, validate, Endpoints, MAX_SOURCE_BYTES};
 
 use super::{ConfigStore, Env};
 use crate::config::NodeConfig;
@@ -67,6 +69,24 @@ impl StaticFile {
 
     /// Reads the file once; applies it when its content changed.
     pub async fn poll(&mut self) {
+        if let Ok(meta) = tokio::fs::metadata(&self.path).await {
+            if meta.len() > MAX_SOURCE_BYTES as u64 {
+                let mut hasher = DefaultHasher::new();
+                (meta.len(), meta.modified().ok()).hash(&mut hasher);
+                let marker = hasher.finish();
+                if self.last != Some(marker) {
+                    self.last = Some(marker);
+                    let error = format!(
+                        "{}: the file is {} bytes; rule files are limited to {} MiB",
+                        self.path.display(),
+                        meta.len(),
+                        MAX_SOURCE_BYTES >> 20
+                    );
+                    self.reject(&[error]);
+                }
+                return;
+            }
+        }
         let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(text) => text,
             Err(e) => {
@@ -86,37 +106,48 @@ impl StaticFile {
             return;
         }
         self.last = Some(hash);
-        match self.apply(&text) {
+        match self.apply(text).await {
             Ok(()) => {
                 tracing::info!(path = %self.path.display(), version = self.version, "config applied");
             }
-            Err(errors) => {
-                for e in &errors {
-                    tracing::warn!(path = %self.path.display(), "{e}");
-                }
-                tracing::warn!(
-                    path = %self.path.display(),
-                    errors = errors.len(),
-                    "config rejected; keeping the last good config"
-                );
-                self.metrics.reload(false);
-            }
+            Err(errors) => self.reject(&errors),
         }
     }
 
-    /// Loads, validates and compiles `text`; puts it in service when valid.
-    fn apply(&mut self, text: &str) -> Result<(), Vec<String>> {
-        let name = self.path.display().to_string();
-        let rules = load_str(&name, text).map_err(|d| d.to_lines())?;
-        let errors = validate(&rules);
-        if !errors.is_empty() {
-            return Err(errors.to_lines());
+    fn reject(&self, errors: &[String]) {
+        for e in errors {
+            tracing::warn!(path = %self.path.display(), "{e}");
         }
-        let mut config = compile(&rules, &Endpoints::from_service_entries(&rules));
-        config.version = self.version + 1;
-        config.source = format!("file:{name}");
-        self.store.install(&config, &self.node, &self.env)?;
-        self.version += 1;
+        tracing::warn!(
+            path = %self.path.display(),
+            errors = errors.len(),
+            "config rejected; keeping the last good config"
+        );
+        self.metrics.reload(false);
+    }
+
+    /// Loads, validates and compiles `text` on the config thread; puts it
+    /// in service when valid.
+    async fn apply(&mut self, text: String) -> Result<(), Vec<String>> {
+        let name = self.path.display().to_string();
+        let version = self.version + 1;
+        let config = super::worker::run(move || {
+            let rules = load_str(&name, &text).map_err(|d| d.to_lines())?;
+            let errors = validate(&rules);
+            if !errors.is_empty() {
+                return Err(errors.to_lines());
+            }
+            let mut config = compile(&rules, &Endpoints::from_service_entries(&rules));
+            config.version = version;
+            config.source = format!("file:{name}");
+            Ok(config)
+        })
+        .await
+        .map_err(|e| vec![format!("loading the config failed: {e}")])??;
+        self.store
+            .install(Arc::new(config), &self.node, &self.env)
+            .await?;
+        self.version = version;
         Ok(())
     }
 }
