@@ -16,6 +16,7 @@ pub mod body;
 pub mod capture;
 pub mod config;
 pub mod discovery;
+pub mod fuzzing;
 pub mod identity;
 pub mod inbound;
 pub mod layers;

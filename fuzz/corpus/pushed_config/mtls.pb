@@ -1,0 +1,12 @@
+*
+default
+trellis-system2t
+default.reviews-callers
+default
+appreviews">
+)
+'cluster.local/ns/default/sa/productpage
+GET
+/reviews/*25
+default.no-admin	
+default"/admin/admin/*
