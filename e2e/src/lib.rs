@@ -8,6 +8,7 @@ pub mod harness;
 pub mod kube;
 pub mod kube_mesh;
 pub mod kubelet;
+pub mod linearizability;
 pub mod mesh;
 pub mod netns;
 pub mod payload;

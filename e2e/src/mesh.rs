@@ -23,6 +23,8 @@ pub struct Replica {
     pub data: PathBuf,
     pub process: Option<Process>,
     starts: usize,
+    /// The network namespace it runs in, when not on the host's loopback.
+    pub pod: Option<crate::netns::Pod>,
 }
 
 /// A Raft group of replicas sharing one watched directory.
@@ -88,6 +90,44 @@ impl ControlPlane {
         peers: bool,
         xds_bind: Option<std::net::IpAddr>,
     ) -> Result<Self> {
+        Self::spawn_replicas(n, extra, peers, xds_bind, Vec::new())
+    }
+
+    /// Starts `n` replicas, each in a pod of `net` of its own (so one can
+    /// be cut off from the others: [`partition`](Self::partition)), formed
+    /// by `--peers`, and waits for a leader.
+    pub fn start_in_pods(net: &mut crate::netns::Network, n: u64, extra: &[&str]) -> Result<Self> {
+        let pods = (1..=n)
+            .map(|id| net.pod(&format!("cp{id}"), 10 + id as u8, ""))
+            .collect::<Result<Vec<_>>>()?;
+        let cp = Self::spawn_replicas(n, extra, true, None, pods)?;
+        if cp.wait_leader(Duration::from_secs(20)).is_none() {
+            bail!("no leader within 20 s:\n{}", cp.logs());
+        }
+        Ok(cp)
+    }
+
+    /// Cuts replica `id`'s pod off the network (every packet in and out
+    /// dropped), or heals it.
+    pub fn partition(&self, id: u64, cut: bool) -> Result<()> {
+        let pod = self
+            .replica(id)
+            .pod
+            .as_ref()
+            .context("replica not in a pod")?;
+        let op = if cut { "-I" } else { "-D" };
+        pod.exec("iptables", &[op, "INPUT", "-i", "eth0", "-j", "DROP"])?;
+        pod.exec("iptables", &[op, "OUTPUT", "-o", "eth0", "-j", "DROP"])?;
+        Ok(())
+    }
+
+    fn spawn_replicas(
+        n: u64,
+        extra: &[&str],
+        peers: bool,
+        xds_bind: Option<std::net::IpAddr>,
+        pods: Vec<crate::netns::Pod>,
+    ) -> Result<Self> {
         let dir = TempDir::new("control-plane")?;
         let watch_dir = dir.path().join("rules");
         std::fs::create_dir_all(&watch_dir)?;
@@ -115,16 +155,24 @@ impl ControlPlane {
         let admin_tls = trellis_api::tls::channel::client_config_alpn(&roots, None, &[b"http/1.1"])
             .map_err(anyhow::Error::msg)?;
         let replicas = (1..=n)
-            .map(|id| Replica {
-                id,
-                raft: free_addr(),
-                xds: free_addr(),
-                admin: free_addr(),
-                data: dir.path().join(format!("data-{id}")),
-                process: None,
-                starts: 0,
+            .map(|id| {
+                let pod = pods.get((id - 1) as usize).cloned();
+                let at = |port: u16| match &pod {
+                    Some(p) => p.ip.parse().map(|ip| SocketAddr::new(ip, port)),
+                    None => Ok(free_addr()),
+                };
+                Ok(Replica {
+                    id,
+                    raft: at(15011)?,
+                    xds: at(15010)?,
+                    admin: at(15014)?,
+                    data: dir.path().join(format!("data-{id}")),
+                    process: None,
+                    starts: 0,
+                    pod,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, std::net::AddrParseError>>()?;
         let mut cp = Self {
             replicas,
             watch_dir,
@@ -190,12 +238,22 @@ impl ControlPlane {
         }
         args.extend(extra);
         let log = log_dir.join(format!("replica-{id}.{}.log", r.starts));
-        let process = Process::spawn(
-            &format!("replica {id}"),
-            &bin("trellis-control-plane")?,
-            &args,
-            log,
-        )?;
+        let program = bin("trellis-control-plane")?;
+        let process = match &r.pod {
+            // `ip netns exec` execs the replica: the process is the replica.
+            Some(pod) => {
+                let mut all = vec!["netns".to_string(), "exec".into(), pod.netns.clone()];
+                all.push(program.display().to_string());
+                all.extend(args);
+                Process::spawn(
+                    &format!("replica {id}"),
+                    &crate::harness::tool("ip")?,
+                    &all,
+                    log,
+                )?
+            }
+            None => Process::spawn(&format!("replica {id}"), &program, &args, log)?,
+        };
         r.process = Some(process);
         if !crate::harness::wait_for_port(r.admin, Duration::from_secs(10)) {
             bail!("replica {id} did not open its admin port:\n{}", self.logs());
