@@ -246,8 +246,9 @@ async fn a_request_crosses_two_sidecars_to_the_app() -> Result<()> {
     let app = Echo::start("reviews", "v1")?;
     let inbound = trellis_e2e::harness::free_addr();
     let (inbound_arg, app_arg) = (inbound.to_string(), app.addr.to_string());
+    // The server side routes nothing itself: an explicitly empty rule set.
     let server_side = Proxy::start_with(
-        "",
+        "apiVersion: v1\nkind: List\nitems: []\n",
         &[
             "--inbound-addr",
             &inbound_arg,
