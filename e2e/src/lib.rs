@@ -2,6 +2,7 @@
 //! real Trellis processes on free loopback ports, a real Kubernetes control
 //! plane (`kube`), and HTTP client helpers.
 
+pub mod cgroup;
 pub mod client;
 pub mod echo;
 pub mod harness;

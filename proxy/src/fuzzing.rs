@@ -15,8 +15,11 @@ use crate::config::{NodeConfig, RequestLimits};
 use crate::discovery::{Env, RouteTable};
 use crate::outbound::head::admit;
 
+/// A check of one fuzz target: panics on a broken property.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets, by the name of their corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("http1_request", http1_request),
     ("rule_file", rule_file),
     ("pushed_config", pushed_config),

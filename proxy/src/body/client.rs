@@ -4,6 +4,12 @@
 //! passed (`timeout + received / min_rate` from its start). A body that
 //! stalls or trickles ends in [`BodyTooSlow`], the client's fault (408),
 //! instead of holding a connection to an endpoint open for ever.
+//!
+//! An HTTP/1 body dropped before its end (the proxy answered without
+//! forwarding it: overflow, a denied request, a failed upstream) is read
+//! and discarded in the background, up to 1 MiB and 5 s, as nginx does:
+//! the client that is still sending gets the answer and keeps its
+//! connection, instead of a reset that can lose the answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,8 +43,11 @@ pub struct BodyTooSlow {
 /// A request body read under a [`BodyPace`].
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: hyper::body::Incoming,
+    /// Always `Some` until dropped.
+    inner: Option<hyper::body::Incoming>,
     pace: BodyPace,
+    /// Discard the rest when dropped early (HTTP/1).
+    drain: bool,
     started: Instant,
     received: u64,
     /// Armed at the first wait (a body that is all there never needs it).
@@ -46,9 +55,11 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(inner: hyper::body::Incoming, pace: BodyPace) -> Self {
+    /// `drain`: read the rest in the background if dropped before its end.
+    pub fn new(inner: hyper::body::Incoming, pace: BodyPace, drain: bool) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
+            drain,
             pace,
             started: Instant::now(),
             received: 0,
@@ -78,7 +89,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
@@ -114,10 +128,42 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map(Body::size_hint).unwrap_or_default()
+    }
+}
+
+/// The most of an abandoned body read to keep its connection.
+const DRAIN_BYTES: u64 = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if !self.drain || body.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use http_body_util::BodyExt;
+            let drain = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > DRAIN_BYTES {
+                        return;
+                    }
+                }
+            };
+            // Dropping the body then closes the connection.
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
     }
 }

@@ -20,7 +20,8 @@ pub fn admit(
     limits: &RequestLimits,
 ) -> Result<Request<ClientBody>, Reason> {
     settle(&mut req, &limits.head)?;
-    Ok(req.map(|body| ClientBody::new(body, limits.body)))
+    let http1 = req.version() < Version::HTTP_2;
+    Ok(req.map(|body| ClientBody::new(body, limits.body, http1)))
 }
 
 /// Checks `req` against `limits` and leaves exactly one `Host`: the
