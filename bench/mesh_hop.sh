@@ -2,7 +2,10 @@
 # Full mesh hop benchmark: wrk -> client sidecar (outbound) -> server
 # sidecar (inbound) -> backend, once in plaintext and once over mTLS (both
 # sidecars with certificates from a control-plane replica), beside the
-# backend measured directly, at a fixed ~1,000 requests per second.
+# backend measured directly, at a fixed ~1,000 requests per second. A third
+# pair runs in static mode (rules from a file, no control plane at all), so
+# the plaintext pair, whose config streams from the replica over TLS, shows
+# what the control-plane connection costs on the request path.
 # Both sidecars are pinned to core 0; wrk, the backend and the replica to core 1.
 #
 #   bash bench/mesh_hop.sh          # writes its section of BENCHMARKS.md
@@ -95,7 +98,30 @@ sidecar secure "$SECURE_ADMIN" --service secure --service-account secure --label
 SECURE_PID=$LAST_PID
 sidecar client "$CLIENT_ADMIN" --service client --service-account client --outbound-addr 127.0.0.1:$CLIENT_OUT
 CLIENT_PID=$LAST_PID
-for a in $PLAIN_ADMIN $SECURE_ADMIN $CLIENT_ADMIN; do
+
+# --- the static pair: the same hop with no control plane ------------------------
+STATIC_IN=$(port); STATIC_OUT=$(port); STATIC_SERVER_ADMIN=$(port); STATIC_CLIENT_ADMIN=$(port)
+cat > "$WORK/static.yaml" <<CONF
+apiVersion: networking.trellis.io/v1
+kind: ServiceEntry
+metadata: {name: plain}
+spec:
+  hosts: [plain]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 127.0.0.1, ports: {http: $STATIC_IN}, labels: {app: plain}}]
+CONF
+static_sidecar() { # admin-port flags...
+    local admin=$1; shift
+    TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/static.yaml" \
+        --admin-addr "127.0.0.1:$admin" "$@" &
+    PIDS+=($!); LAST_PID=$!
+}
+static_sidecar "$STATIC_SERVER_ADMIN" --service plain --outbound-addr 127.0.0.1:$(port) \
+    --inbound-addr 127.0.0.1:$STATIC_IN --inbound-forward 127.0.0.1:$BACKEND
+STATIC_SERVER_PID=$LAST_PID
+static_sidecar "$STATIC_CLIENT_ADMIN" --service client --outbound-addr 127.0.0.1:$STATIC_OUT
+STATIC_CLIENT_PID=$LAST_PID
+for a in $PLAIN_ADMIN $SECURE_ADMIN $CLIENT_ADMIN $STATIC_SERVER_ADMIN $STATIC_CLIENT_ADMIN; do
     for _ in $(seq 200); do curl -sf "http://127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
 done
 wait_port "$BACKEND"
@@ -126,6 +152,7 @@ run() { # name host port pids...
     fi
 }
 run direct bench "$BACKEND"
+run static plain "$STATIC_OUT" "$STATIC_CLIENT_PID" "$STATIC_SERVER_PID"
 run plaintext plain "$CLIENT_OUT" "$CLIENT_PID" "$PLAIN_PID"
 run mtls secure "$CLIENT_OUT" "$CLIENT_PID" "$SECURE_PID"
 
@@ -140,18 +167,21 @@ added() { awk -v a="$(ms "$1")" -v b="$(ms "$2")" 'BEGIN { printf "%.2f ms", a -
     echo "Produced by \`bash bench/mesh_hop.sh\` (DURATION=$DURATION s, ~$RATE rps: wrk, 10 connections, 10 ms pacing) on $(date -u +%Y-%m-%d), $(nproc) cores."
     echo "wrk -> client sidecar (outbound, HTTP/1.1) -> server sidecar (inbound) -> nginx backend."
     echo "Plaintext: PeerAuthentication DISABLE, no sidecar label. mTLS: STRICT, TLS 1.3 between the"
-    echo "sidecars, HTTP/2 multiplexed, certificates from a control-plane replica."
+    echo "sidecars, HTTP/2 multiplexed, certificates from a control-plane replica. Static: the plaintext"
+    echo "hop again with both sidecars in static mode (a rules file, no control plane)."
     echo "Both sidecars pinned to core 0 (one runtime thread each); wrk, nginx and the replica on core 1."
     echo "CPU µs/req is the two sidecars' scheduler time during the run divided by the requests."
     echo
     echo "| path | achieved rps | p50 | p99 | added p99 over direct | CPU µs/req (both sidecars) |"
     echo "|---|---|---|---|---|---|"
     echo "| direct | ${RPS[direct]} | ${P50[direct]} | ${P99[direct]} | - | - |"
-    for n in plaintext mtls; do
+    for n in static plaintext mtls; do
         echo "| $n hop | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(added "${P99[$n]}" "${P99[direct]}") | ${CPU[$n]} |"
     done
     echo
     echo "mTLS / plaintext CPU per request: $(awk -v a="${CPU[mtls]}" -v b="${CPU[plaintext]}" 'BEGIN { printf "%.2f", a / b }')."
+    echo "Plaintext, config streamed over TLS from a replica / static (no control plane): CPU per request"
+    echo "$(awk -v a="${CPU[plaintext]}" -v b="${CPU[static]}" 'BEGIN { printf "%.2f", a / b }'), p99 ${P99[plaintext]} vs ${P99[static]}: the control-plane connection is off the request path."
     echo
     echo '```'
     echo "taskset -c 1 wrk -t1 -c10 -d${DURATION}s --latency -s pace.lua -H 'Host: secure' http://127.0.0.1:CLIENT_OUTBOUND/   # pace.lua: function delay() return $PACE_MS end"

@@ -103,6 +103,33 @@ impl Drop for InFlight {
     }
 }
 
+/// What a listener serves: a hyper service answering every request.
+pub trait HttpService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `listener` until `shutdown` flips, then gives open connections up
 /// to `drain` to finish their requests.
 pub async fn serve<S, H: Handshake>(
@@ -114,15 +141,7 @@ pub async fn serve<S, H: Handshake>(
     drain: Duration,
     limits: ConnLimits,
 ) where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ProxyBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: HttpService,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -196,15 +215,7 @@ impl Connection {
         service: S,
         builder: Arc<auto::Builder<TokioExecutor>>,
     ) where
-        S: hyper::service::Service<
-                Request<Incoming>,
-                Response = Response<ProxyBody>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
+        S: HttpService,
     {
         let (name, peer) = (self.name, self.peer);
         let Some((io, info)) = handshake.handshake(stream, peer).await else {
