@@ -146,8 +146,11 @@ async fn ten_times_capacity_gets_fast_503s_no_oom_and_recovers() -> Result<()> {
         "capacity was not used: {} served",
         o.served
     );
+    // Were the excess queued for capacity instead (1,000 clients behind
+    // 100 slots of 100 ms), it would wait about a second: the bounds leave
+    // room for two busy cores, not for queueing.
     assert!(
-        p99 < Duration::from_secs(1),
+        p50 < Duration::from_millis(500) && p99 < Duration::from_secs(2),
         "overflow answers are slow: p50 {p50:?}, p99 {p99:?}"
     );
     assert!(
