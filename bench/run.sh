@@ -5,6 +5,7 @@
 #
 #   bash bench/run.sh            # writes BENCHMARKS.md
 #   DURATION=20 bash bench/run.sh
+#   BASELINE_PROXY=/tmp/old/trellis-proxy bash bench/run.sh   # the control runs another build
 #
 # Needs (installed by this script when missing): wrk, nginx-light, haproxy.
 # Only loopback addresses are used.
@@ -179,13 +180,16 @@ paced() { # port seconds
 }
 ROUNDS=${ROUNDS:-9}
 CONFIGS=(rules resilient rules) # plain, resilient, control
+# BASELINE_PROXY=path: the control runs that build instead (an older
+# commit's, say), so its ratio compares the two builds in the same rounds.
+BINS=(target/release/trellis-proxy target/release/trellis-proxy "${BASELINE_PROXY:-target/release/trellis-proxy}")
 PAIR_RATIOS=(); CONTROL_RATIOS=()
 for round in $(seq "$ROUNDS"); do
     ports=(); admins=(); pids=()
     for k in 0 1 2; do ports+=("$(port)"); admins+=("$(port)"); pids+=(0); done
     for step in 0 1 2; do
         k=$(( (step + round) % 3 ))
-        TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/${CONFIGS[$k]}.yaml" \
+        TRELLIS_LOG=warn taskset -c 0 "${BINS[$k]}" --workers 1 --config "$WORK/${CONFIGS[$k]}.yaml" \
             --outbound-addr "127.0.0.1:${ports[$k]}" --admin-addr "127.0.0.1:${admins[$k]}" & pids[$k]=$!; PIDS+=($!)
     done
     for k in 0 1 2; do
@@ -234,7 +238,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "max req/s $(ratio "${RPS[trellis+resilience]}" "${RPS[trellis]}"); CPU per request $(ratio "${CPU_US[trellis+resilience]}" "${CPU_US[trellis]}") from the table (runs one after the other: ±20% here, not the measure);"
     echo "CPU per request with both under the same paced load at once (~$RATE rps each, $ROUNDS rounds of $DURATION s, new processes each round):"
     echo "median $RESILIENCE_RATIO (rounds: ${PAIR_RATIOS[*]}) (target ≤ 1.05);"
-    echo "control, a second plain trellis-proxy in the same rounds: median $CONTROL_RATIO (rounds: ${CONTROL_RATIOS[*]})."
+    if [ -n "${BASELINE_PROXY:-}" ]; then
+        echo "control: the baseline build \`$BASELINE_PROXY\` in the same rounds, its CPU per request / this build's: median $CONTROL_RATIO (rounds: ${CONTROL_RATIOS[*]})."
+    else
+        echo "control, a second plain trellis-proxy in the same rounds: median $CONTROL_RATIO (rounds: ${CONTROL_RATIOS[*]})."
+    fi
     echo "trellis-proxy / HAProxy: max req/s $(ratio "${RPS[trellis]}" "${RPS[haproxy]}"), CPU per request $(ratio "${CPU_US[trellis]}" "${CPU_US[haproxy]}")."
     echo
     echo "trellis-proxy RSS: idle $((TRELLIS_IDLE_RSS / 1024)).$(( (TRELLIS_IDLE_RSS % 1024) * 10 / 1024 )) MiB (target ≤ 8 MiB), peak under load $((TRELLIS_LOADED_RSS / 1024)) MiB."
