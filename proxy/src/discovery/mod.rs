@@ -67,28 +67,18 @@ impl ConfigStore {
     ) -> Result<(), Vec<String>> {
         let previous = self.load();
         let (built, node, env_copy) = (config.clone(), node.clone(), env.clone());
-        let table =
-            worker::run(move || RouteTable::build(&built, &node, Some(&previous), &env_copy))
-                .await
-                .map_err(|e| vec![format!("building the config failed: {e}")])?;
-        match table {
-            Ok(table) => {
-                let old = self.load();
-                for gone in old
-                    .clusters
-                    .iter()
-                    .filter(|c| table.cluster(&c.name).is_none())
-                {
-                    if !table
-                        .clusters
-                        .iter()
-                        .any(|c| c.service == gone.service && c.subset == gone.subset)
-                    {
-                        env.metrics.forget_destination(&gone.service, &gone.subset);
-                    }
-                }
-                drop(old);
+        let built = worker::run(move || {
+            let table = RouteTable::build(&built, &node, Some(&previous), &env_copy)?;
+            Ok::<_, Vec<ModelError>>((removed_destinations(&previous, &table), table))
+        })
+        .await
+        .map_err(|e| vec![format!("building the config failed: {e}")])?;
+        match built {
+            Ok((gone, table)) => {
                 self.store(table);
+                for (service, subset) in gone {
+                    env.metrics.forget_destination(&service, &subset);
+                }
                 env.metrics
                     .config_version
                     .set(i64::try_from(config.version).unwrap_or(i64::MAX));
@@ -118,4 +108,22 @@ impl Default for ConfigStore {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The (service, subset) destinations of `old` that `new` no longer has.
+fn removed_destinations(old: &RouteTable, new: &RouteTable) -> Vec<(String, String)> {
+    let kept: std::collections::HashSet<(&str, &str)> = new
+        .clusters
+        .iter()
+        .map(|c| (c.service.as_str(), c.subset.as_str()))
+        .collect();
+    let mut gone: Vec<(String, String)> = old
+        .clusters
+        .iter()
+        .filter(|c| !kept.contains(&(c.service.as_str(), c.subset.as_str())))
+        .map(|c| (c.service.clone(), c.subset.clone()))
+        .collect();
+    gone.sort();
+    gone.dedup();
+    gone
 }
