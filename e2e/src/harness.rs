@@ -173,12 +173,21 @@ impl Process {
 
     /// Resident memory (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// Its anonymous resident memory (heap and stacks, not code), in KiB.
+    pub fn anon_rss_kib(&self) -> Result<u64> {
+        self.status_kib("RssAnon")
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid()))
     }
 
     /// Fails if the process has exited.

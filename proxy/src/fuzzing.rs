@@ -14,6 +14,7 @@ use crate::body::{self, ProxyBody};
 use crate::config::{NodeConfig, RequestLimits};
 use crate::discovery::{Env, RouteTable};
 use crate::outbound::head::admit;
+use crate::transport::framing::{Framing, StrictFraming};
 
 /// A check of one fuzz target: panics on a broken property.
 pub type Check = fn(&[u8]);
@@ -28,9 +29,11 @@ pub const TARGETS: &[(&str, Check)] = &[
 ];
 
 /// Bytes a client sends on one HTTP/1 connection, served by hyper with the
-/// proxy's head checks and its paced request body: the connection ends
-/// within a bound, and whatever is answered starts with a status line.
+/// proxy's framing check, head checks and paced request body: the connection ends
+/// within a bound, and whatever is answered starts with a status line; and
+/// the framing check judges the bytes alike however reads split them.
 pub fn http1_request(data: &[u8]) {
+    framing_ignores_read_boundaries(data);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,7 +49,10 @@ pub fn http1_request(data: &[u8]) {
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .max_buf_size(80 << 10);
-        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let conn = builder.serve_connection(
+            hyper_util::rt::TokioIo::new(StrictFraming::new(server)),
+            service,
+        );
         let served = tokio::spawn(conn);
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let _ = client.write_all(data).await;
@@ -62,6 +68,17 @@ pub fn http1_request(data: &[u8]) {
             String::from_utf8_lossy(&out[..out.len().min(64)])
         );
     });
+}
+
+/// The framing check's verdict on a stream does not depend on how reads
+/// split it (here at the first byte's value).
+fn framing_ignores_read_boundaries(data: &[u8]) {
+    let split = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
+    assert_eq!(
+        Framing::judge(data, None),
+        Framing::judge(data, Some(split)),
+        "split at {split}"
+    );
 }
 
 async fn answer(

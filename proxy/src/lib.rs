@@ -8,7 +8,7 @@
 //! a pooled connection from `transport::client`. Local failures become 4xx/5xx replies
 //! with `x-trellis-reason` (`outbound::local_reply`).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod inbound;
 pub mod layers;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod transport;

@@ -11,6 +11,7 @@ use trellis_proxy::wait_ready::{wait_ready, WaitArgs};
 use trellis_proxy::App;
 
 fn main() -> ExitCode {
+    trellis_proxy::memory::return_memory_promptly();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")

@@ -51,8 +51,15 @@ impl ConfigStore {
 
     /// Puts `table` in service and marks the proxy ready.
     pub fn store(&self, table: RouteTable) {
-        self.table.store(Arc::new(table));
+        drop(self.replace(table));
+    }
+
+    /// Puts `table` in service, marks the proxy ready and hands back the
+    /// table it replaced.
+    fn replace(&self, table: RouteTable) -> Arc<RouteTable> {
+        let replaced = self.table.swap(Arc::new(table));
         self.ready.store(true, Ordering::Release);
+        replaced
     }
 
     /// Builds `config` for this node on the config thread (never on the
@@ -75,7 +82,7 @@ impl ConfigStore {
         .map_err(|e| vec![format!("building the config failed: {e}")])?;
         match built {
             Ok((gone, table)) => {
-                self.store(table);
+                let replaced = self.replace(table);
                 for (service, subset) in gone {
                     env.metrics.forget_destination(&service, &subset);
                 }
@@ -83,6 +90,10 @@ impl ConfigStore {
                     .config_version
                     .set(i64::try_from(config.version).unwrap_or(i64::MAX));
                 env.metrics.reload(true);
+                // The replaced table is dropped where it was built (unless
+                // requests in flight still hold it), and its memory given
+                // back to the system there.
+                let _ = worker::run(move || drop(replaced)).await;
                 Ok(())
             }
             Err(errors) => Err(errors.iter().map(ToString::to_string).collect()),

@@ -1,11 +1,14 @@
 //! The one thread that loads, validates, compiles and builds configs, off
-//! the runtime thread that serves requests. One long-lived thread rather
-//! than the blocking pool: each new thread brings its own allocator arena,
-//! and a pool that grows and shrinks between reloads would leave garbage
-//! in a new arena every time.
+//! the runtime thread that serves requests, and drops the ones replaced.
+//! One long-lived thread rather than the blocking pool: each new thread
+//! brings its own allocator arena, and a pool that grows and shrinks
+//! between reloads would leave garbage in a new arena every time. After
+//! each job the memory it freed goes back to the system.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
+
+use crate::memory;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -29,6 +32,7 @@ fn worker() -> &'static Worker {
             .spawn(move || {
                 for job in queue {
                     job();
+                    memory::release_free_memory();
                 }
             });
         if let Err(e) = spawned {

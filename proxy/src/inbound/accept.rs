@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::policy::MtlsMode;
@@ -82,13 +81,13 @@ impl InboundHandshake {
         peer: SocketAddr,
         port: u16,
         opaque: bool,
-    ) -> Option<(TokioIo<MaybeTls>, PeerSecurity)> {
+    ) -> Option<(MaybeTls, PeerSecurity)> {
         if !opaque && detect(&stream, self.detection_timeout).await == Protocol::Http {
             let security = PeerSecurity {
                 principal: None,
                 app_port: Some(port),
             };
-            return Some((TokioIo::new(MaybeTls::Plain(stream)), security));
+            return Some((MaybeTls::Plain(stream), security));
         }
         self.relay(MaybeTls::Plain(stream), peer, port, None).await;
         None
@@ -136,7 +135,7 @@ impl InboundHandshake {
         stream: TcpStream,
         peer: SocketAddr,
         app_port: Option<u16>,
-    ) -> Option<(TokioIo<MaybeTls>, PeerSecurity)> {
+    ) -> Option<(MaybeTls, PeerSecurity)> {
         let Some(credentials) = self.identity.as_ref().and_then(|i| i.current()) else {
             self.fail(
                 peer,
@@ -190,7 +189,7 @@ impl InboundHandshake {
             .await;
             return None;
         }
-        let io = TokioIo::new(MaybeTls::Tls(Box::new(tls.into())));
+        let io = MaybeTls::Tls(Box::new(tls.into()));
         Some((
             io,
             PeerSecurity {
@@ -202,7 +201,7 @@ impl InboundHandshake {
 }
 
 impl Handshake for InboundHandshake {
-    type Io = TokioIo<MaybeTls>;
+    type Io = MaybeTls;
     type Peer = PeerSecurity;
 
     async fn handshake(
@@ -221,7 +220,7 @@ impl Handshake for InboundHandshake {
             match app_port {
                 Some(port) => self.plain_captured(stream, peer, port, opaque).await,
                 None => Some((
-                    TokioIo::new(MaybeTls::Plain(stream)),
+                    MaybeTls::Plain(stream),
                     PeerSecurity {
                         principal: None,
                         app_port: None,

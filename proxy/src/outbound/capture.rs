@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::discovery::ConfigStore;
@@ -147,7 +146,7 @@ impl CaptureHandshake {
 }
 
 impl Handshake for CaptureHandshake {
-    type Io = TokioIo<TcpStream>;
+    type Io = TcpStream;
     type Peer = Accepted;
 
     async fn handshake(
@@ -160,7 +159,7 @@ impl Handshake for CaptureHandshake {
                 peer: PeerAddr(peer),
                 original: None,
             };
-            return Some((TokioIo::new(stream), accepted));
+            return Some((stream, accepted));
         };
         let declared_opaque = self
             .store
@@ -194,7 +193,7 @@ impl Handshake for CaptureHandshake {
                     peer: PeerAddr(peer),
                     original: Some(original),
                 };
-                Some((TokioIo::new(stream), accepted))
+                Some((stream, accepted))
             }
         }
     }

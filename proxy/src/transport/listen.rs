@@ -15,11 +15,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 use crate::config::ConnLimits;
+use crate::transport::framing::StrictFraming;
 
 /// The client's address, in every request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +30,7 @@ pub struct PeerAddr(pub SocketAddr);
 /// Turns an accepted TCP connection into the stream HTTP is served on,
 /// and what requests on it should know about it; `None` drops it.
 pub trait Handshake: Clone + Send + Sync + 'static {
-    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Put in every request's extensions ([`PeerAddr`] for plaintext).
     type Peer: Clone + Send + Sync + 'static;
 
@@ -49,7 +51,7 @@ pub trait Handshake: Clone + Send + Sync + 'static {
 pub struct Plaintext;
 
 impl Handshake for Plaintext {
-    type Io = TokioIo<TcpStream>;
+    type Io = TcpStream;
     type Peer = PeerAddr;
 
     async fn handshake(
@@ -57,7 +59,7 @@ impl Handshake for Plaintext {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Option<(Self::Io, Self::Peer)> {
-        Some((TokioIo::new(stream), PeerAddr(peer)))
+        Some((stream, PeerAddr(peer)))
     }
 }
 
@@ -235,6 +237,7 @@ impl Connection {
                 response
             }
         });
+        let io = TokioIo::new(StrictFraming::new(io));
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
         let idle = tokio::time::sleep(self.limits.idle_timeout);

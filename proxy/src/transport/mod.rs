@@ -5,6 +5,7 @@
 
 pub mod detect;
 pub mod error;
+pub mod framing;
 pub mod io;
 pub mod listen;
 pub mod opaque;
