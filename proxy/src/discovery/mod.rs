@@ -49,11 +49,6 @@ impl ConfigStore {
         self.table.load_full()
     }
 
-    /// Puts `table` in service and marks the proxy ready.
-    pub fn store(&self, table: RouteTable) {
-        drop(self.replace(table));
-    }
-
     /// Puts `table` in service, marks the proxy ready and hands back the
     /// table it replaced.
     fn replace(&self, table: RouteTable) -> Arc<RouteTable> {
