@@ -128,11 +128,13 @@ async fn ten_times_capacity_gets_fast_503s_no_oom_and_recovers() -> Result<()> {
         !proxy.process.log_text().contains("panicked"),
         "the proxy panicked"
     );
-    // A client still sending its body when the proxy answers may see a
-    // reset instead of the 503 now and then (measured: 0 to 0.3%).
+    // Every request gets an answer. (With the kernel's accept queue at
+    // tokio's 1024, the clients' reconnections overflowed it and 0.07% to
+    // 0.3% of requests met a reset; the listeners now ask for 4096.) One in
+    // 10,000 is left for a stray reset on a busy machine.
     let answered = o.served + o.overflow.len() + o.other.len();
     assert!(
-        o.other.len() * 100 <= answered,
+        o.other.len() * 10_000 <= answered,
         "{} of {answered} requests got no answer: {:?}",
         o.other.len(),
         &o.other[..o.other.len().min(5)]

@@ -237,10 +237,22 @@ impl Running {
     }
 }
 
+/// Connections the kernel may hold for a listener until they are accepted
+/// (it caps this at `net.core.somaxconn`). A burst of new connections over
+/// it has their handshakes dropped and retried; tokio's default is 1024.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr, name: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| bind_error(e, addr, name))
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| bind_error(e, addr, name))
 }
 
 fn bind_error(e: std::io::Error, addr: SocketAddr, name: &str) -> std::io::Error {
@@ -288,6 +300,6 @@ fn bind_ipv6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG as i32)?;
     TcpListener::from_std(socket.into())
 }
