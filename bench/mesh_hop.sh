@@ -54,14 +54,18 @@ TRELLIS_LOG=warn taskset -c 1 target/release/trellis-control-plane --node-id 1 -
 
 # --- two server sidecars in front of the backend: plaintext and mTLS ---------
 PLAIN_IN=$(port); SECURE_IN=$(port)
-cat > "$WORK/rules/mesh.yaml" <<CONF
+plain_entry() { # the plain service's endpoint port
+    cat <<CONF
 apiVersion: networking.trellis.io/v1
 kind: ServiceEntry
 metadata: {name: plain}
 spec:
   hosts: [plain]
   ports: [{number: 80, name: http}]
-  endpoints: [{address: 127.0.0.1, ports: {http: $PLAIN_IN}, labels: {app: plain}}]
+  endpoints: [{address: 127.0.0.1, ports: {http: $1}, labels: {app: plain}}]
+CONF
+}
+{ plain_entry "$PLAIN_IN"; cat <<CONF
 ---
 apiVersion: networking.trellis.io/v1
 kind: ServiceEntry
@@ -82,6 +86,7 @@ kind: PeerAuthentication
 metadata: {name: plain}
 spec: {selector: {matchLabels: {app: plain}}, mtls: {mode: DISABLE}}
 CONF
+} > "$WORK/rules/mesh.yaml"
 wait_port "$XDS"
 sidecar() { # name admin-port extra-flags...
     local name=$1 admin=$2; shift 2
@@ -101,15 +106,7 @@ CLIENT_PID=$LAST_PID
 
 # --- the static pair: the same hop with no control plane ------------------------
 STATIC_IN=$(port); STATIC_OUT=$(port); STATIC_SERVER_ADMIN=$(port); STATIC_CLIENT_ADMIN=$(port)
-cat > "$WORK/static.yaml" <<CONF
-apiVersion: networking.trellis.io/v1
-kind: ServiceEntry
-metadata: {name: plain}
-spec:
-  hosts: [plain]
-  ports: [{number: 80, name: http}]
-  endpoints: [{address: 127.0.0.1, ports: {http: $STATIC_IN}, labels: {app: plain}}]
-CONF
+plain_entry "$STATIC_IN" > "$WORK/static.yaml"
 static_sidecar() { # admin-port flags...
     local admin=$1; shift
     TRELLIS_LOG=warn taskset -c 0 target/release/trellis-proxy --workers 1 --config "$WORK/static.yaml" \

@@ -152,12 +152,10 @@ impl Framing {
                 State::Preface(n) => {
                     let matched = *n;
                     if bytes[at] != PREFACE[matched] {
-                        // HTTP/1: what matched so far was the start of a head.
-                        let mut head = Head::default();
-                        for &b in &PREFACE[..matched] {
-                            head.byte(b);
-                        }
-                        self.state = State::Head(head);
+                        // HTTP/1: what matched so far was the start of its
+                        // stream (it frames no body, so it cannot fail).
+                        self.state = State::Head(Head::default());
+                        self.feed(&PREFACE[..matched]).map_err(|(_, e)| (at, e))?;
                         continue;
                     }
                     *n += 1;
